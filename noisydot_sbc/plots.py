@@ -1,0 +1,219 @@
+"""Calibration and diagnostics plots of an SBC results Dataset (see ``docs/sbc.md``).
+
+Each function takes the Dataset built by :mod:`noisydot_sbc.results` and returns a
+``matplotlib.figure.Figure``. Figures are made without pyplot (``Figure()`` with the Agg canvas),
+so nothing here changes the global backend or leaks open figures; save with ``fig.savefig``.
+Failed replicates (``failed == True``) are left out of every panel, and the count is shown.
+"""
+from __future__ import annotations
+
+import numpy as np
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+
+from . import sbc
+
+__all__ = ["plot_ecdf", "plot_rank_histograms", "plot_zscore_contraction", "plot_diagnostics"]
+
+BAND_LABEL = "{:.0%} simultaneous band"
+
+
+def _figure(n_panels: int, ncols: int | None = None, panel_size=(3.6, 3.0)):
+    ncols = min(n_panels, 3) if ncols is None else ncols
+    nrows = int(np.ceil(n_panels / ncols))
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n_panels)]
+    return fig, axes
+
+
+def _check(ds, needed):
+    missing = [v for v in needed if v not in ds.variables]
+    if missing:
+        raise ValueError(f"ds is missing the variable(s) {missing} needed for this plot")
+
+
+def _ok(ds) -> np.ndarray:
+    ok = ~np.asarray(ds["failed"].values, bool) if "failed" in ds.variables else np.ones(ds.sizes["replicate"], bool)
+    if not ok.any():
+        raise ValueError("ds: every replicate failed; nothing to plot")
+    return ok
+
+
+def _fmt_p(p: float) -> str:
+    return "< 1e-15" if p < 1e-15 else f"= {p:.2g}"
+
+
+def _figure_legend(fig, ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8, frameon=False)
+
+
+def _num_ranks(ds) -> int:
+    if "num_ranks" not in ds.attrs:
+        raise ValueError("ds.attrs lacks 'num_ranks' (L)")
+    return int(ds.attrs["num_ranks"])
+
+
+def _ecdf_on_grid(ranks: np.ndarray, num_ranks: int) -> tuple[np.ndarray, np.ndarray]:
+    """ECDF of ranks at every cell boundary z = i/(L+1), i = 0..L+1 (fraction of ranks < i)."""
+    i = np.arange(num_ranks + 2)
+    return i / (num_ranks + 1), np.searchsorted(np.sort(ranks), i, side="left") / ranks.size
+
+
+def plot_ecdf(ds, difference: bool = True, split_divergent: bool = False, alpha: float = 0.05) -> Figure:
+    """Rank ECDF (or ECDF minus the uniform CDF) per quantity with the simultaneous ``1 - alpha``
+    band of Säilynoja, Bürkner & Vehtari (2022). With ``split_divergent`` a second curve shows the
+    fits without divergent transitions only (its own band is not drawn). Panel titles give the
+    ECDF-test p-value."""
+    _check(ds, ["rank"])
+    if split_divergent:
+        _check(ds, ["diverging"])
+    ok = _ok(ds)
+    num_ranks = _num_ranks(ds)
+    quantities = [str(q) for q in ds["quantity"].values]
+    fig, axes = _figure(len(quantities))
+    ranks_all = np.asarray(ds["rank"].values)[ok]
+    n = ranks_all.shape[0]
+    band = sbc.ecdf_simultaneous_band(n, num_ranks, alpha=alpha)
+    groups = [("all fits", ok)]
+    if split_divergent:
+        nodiv = ok & (np.asarray(ds["diverging"].values) == 0)
+        groups.append((f"no divergences (n={int(nodiv.sum())})", nodiv))
+    colors = sns.color_palette("deep", 3)
+    for q, (ax, name) in enumerate(zip(axes, quantities)):
+        zb = np.concatenate([[0.0], band.z, [1.0]])
+        lo = np.concatenate([[0.0], band.lower, [1.0]])
+        hi = np.concatenate([[0.0], band.upper, [1.0]])
+        if difference:
+            lo, hi = lo - zb, hi - zb
+        ax.fill_between(zb, lo, hi, step="post", color="0.85", label=BAND_LABEL.format(1 - alpha))
+        ax.plot(zb, lo, drawstyle="steps-post", color="0.5", lw=0.8)
+        ax.plot(zb, hi, drawstyle="steps-post", color="0.5", lw=0.8)
+        for k, (label, mask) in enumerate(groups):
+            r = np.asarray(ds["rank"].values)[mask, q]
+            if r.size == 0:
+                continue
+            z, f = _ecdf_on_grid(r, num_ranks)
+            ax.plot(z, f - z if difference else f, drawstyle="steps-post", color=colors[k], lw=1.4,
+                    label=label if k else f"all fits (n={n})")
+        if not difference:
+            ax.plot([0, 1], [0, 1], color="k", lw=0.6, ls=":")
+        p = sbc.ecdf_uniformity(ranks_all[:, q], num_ranks).p_value
+        ax.set_title(f"{name}\nECDF test p {_fmt_p(p)}", fontsize=10)
+        ax.set_xlabel("normalised rank  z = rank/(L+1)")
+        ax.set_ylabel("ECDF − z" if difference else "ECDF")
+        ax.set_xlim(0, 1)
+    _figure_legend(fig, axes[0])
+    n_failed = int((~ok).sum())
+    fig.suptitle(f"SBC rank ECDF{' difference' if difference else ''}  (L={num_ranks}, "
+                 f"{n} replicates{f', {n_failed} failed excluded' if n_failed else ''})", fontsize=11)
+    return fig
+
+
+def plot_rank_histograms(ds, n_bins: int | None = None, band: float = 0.99) -> Figure:
+    """Rank histogram per quantity with the pointwise binomial ``band`` (99%) range of bin counts
+    under uniformity (Talts et al. 2018). ``n_bins`` must divide L+1 (default: see
+    :func:`noisydot_sbc.sbc.chi2_bins`)."""
+    _check(ds, ["rank"])
+    ok = _ok(ds)
+    num_ranks = _num_ranks(ds)
+    ranks = np.asarray(ds["rank"].values)[ok]
+    n = ranks.shape[0]
+    if n_bins is None:
+        n_bins = sbc.chi2_bins(num_ranks, n, min_expected=5)
+    if (num_ranks + 1) % n_bins:
+        raise ValueError(f"n_bins={n_bins} must divide L+1={num_ranks + 1}")
+    per = (num_ranks + 1) // n_bins
+    lo, hi = stats.binom.ppf([(1 - band) / 2, (1 + band) / 2], n, 1.0 / n_bins)
+    quantities = [str(q) for q in ds["quantity"].values]
+    fig, axes = _figure(len(quantities))
+    edges = np.arange(n_bins + 1) * per - 0.5
+    for q, (ax, name) in enumerate(zip(axes, quantities)):
+        ax.axhspan(lo, hi, color="0.85", label=f"{band:.0%} binomial band", zorder=0)
+        ax.axhline(lo, color="0.5", lw=0.8)
+        ax.axhline(hi, color="0.5", lw=0.8)
+        ax.axhline(n / n_bins, color="0.3", lw=0.8, ls="--", label="expected")
+        ax.hist(ranks[:, q], bins=edges, color=sns.color_palette("deep")[0], edgecolor="white", zorder=2)
+        p = sbc.chi2_uniformity(ranks[:, q], num_ranks, n_bins).p_value
+        ax.set_title(f"{name}\nχ² p {_fmt_p(p)}", fontsize=10)
+        ax.set_xlabel(f"rank (0..{num_ranks}, {n_bins} bins)")
+        ax.set_ylabel("replicates")
+    _figure_legend(fig, axes[0])
+    fig.suptitle(f"SBC rank histograms ({n} replicates)", fontsize=11)
+    return fig
+
+
+def plot_zscore_contraction(ds) -> Figure:
+    """Posterior z-score against posterior contraction per parameter (Schad, Betancourt &
+    Vasishth 2021). Good: contraction near 1, |z| mostly < 2; fits with divergences in orange."""
+    _check(ds, ["z_score", "contraction"])
+    ok = _ok(ds)
+    params = [str(p) for p in ds["parameter"].values]
+    fig, axes = _figure(len(params))
+    div = np.asarray(ds["diverging"].values)[ok] > 0 if "diverging" in ds.variables else np.zeros(ok.sum(), bool)
+    colors = sns.color_palette("deep", 2)
+    for j, (ax, name) in enumerate(zip(axes, params)):
+        z = np.asarray(ds["z_score"].values)[ok, j]
+        c = np.asarray(ds["contraction"].values)[ok, j]
+        ax.axhspan(-2, 2, color="0.92", zorder=0, label="|z| < 2")
+        ax.scatter(c[~div], z[~div], s=10, alpha=0.6, color=colors[0], label="no divergences")
+        if div.any():
+            ax.scatter(c[div], z[div], s=14, alpha=0.8, color=colors[1], marker="x", label="with divergences")
+        ax.axhline(0, color="0.4", lw=0.6)
+        ax.set_xlim(min(-0.05, float(np.nanmin(c)) - 0.05), 1.05)
+        ax.set_xlabel("contraction  1 − σ²_post / σ²_prior")
+        ax.set_ylabel("posterior z-score")
+        ax.set_title(f"{name}  (|z| > 2: {np.mean(np.abs(z) > 2):.1%})", fontsize=10)
+    _figure_legend(fig, axes[0])
+    fig.suptitle("Posterior z-score vs contraction", fontsize=11)
+    return fig
+
+
+def plot_diagnostics(ds) -> Figure:
+    """Distributions over replicates of divergences, R-hat, bulk ESS and tail ESS (per parameter),
+    and E-BFMI, with the usual warning thresholds (R-hat 1.01, ESS 400, E-BFMI 0.3)."""
+    _check(ds, ["diverging", "r_hat", "ess_bulk", "ess_tail"])
+    ok = _ok(ds)
+    has_bfmi = "bfmi" in ds.variables
+    fig, axes = _figure(5 if has_bfmi else 4, ncols=3 if has_bfmi else 2)
+    params = [str(p) for p in ds["parameter"].values]
+    pal = sns.color_palette("deep", len(params))
+
+    ax = axes[0]
+    d = np.asarray(ds["diverging"].values)[ok]
+    ax.hist(d, bins=np.arange(d.max() + 2) - 0.5 if d.max() < 30 else 30, color=pal[0], edgecolor="white")
+    ax.set_title(f"divergences per fit ({np.mean(d > 0):.1%} of fits have any)", fontsize=10)
+    ax.set_xlabel("divergent transitions")
+    ax.set_ylabel("replicates")
+
+    for ax, var, thr, label in (
+        (axes[1], "r_hat", 1.01, "R-hat (rank-normalised split)"),
+        (axes[2], "ess_bulk", 400, "bulk ESS"),
+        (axes[3], "ess_tail", 400, "tail ESS"),
+    ):
+        vals = np.asarray(ds[var].values)[ok]
+        for j, name in enumerate(params):
+            v = vals[:, j]
+            v = v[np.isfinite(v)]
+            if v.size:
+                sns.histplot(v, ax=ax, color=pal[j], label=name, element="step", fill=False, bins=30)
+        ax.axvline(thr, color="firebrick", ls="--", lw=1, label=f"threshold {thr}")
+        n_undef = int(np.sum(~np.isfinite(vals)))
+        ax.set_title(label + (f" ({n_undef} undefined)" if n_undef else ""), fontsize=10)
+        ax.set_xlabel(var)
+        ax.set_ylabel("replicates")
+        ax.legend(fontsize=7)
+    if has_bfmi:
+        ax = axes[4]
+        b = np.asarray(ds["bfmi"].values)[ok].ravel()
+        sns.histplot(b[np.isfinite(b)], ax=ax, bins=30, color=pal[0])
+        ax.axvline(0.3, color="firebrick", ls="--", lw=1, label="threshold 0.3")
+        ax.set_title("E-BFMI per chain", fontsize=10)
+        ax.set_xlabel("E-BFMI")
+        ax.set_ylabel("chains")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"MCMC diagnostics over {int(ok.sum())} fits", fontsize=11)
+    return fig

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+
+from noisydot_sbc import plots, results, sbc
+
+QUANT = ["x_noise_lvl", "w_noise_lvl", "log_lik"]
+PARAMS = ["x_noise_lvl", "w_noise_lvl"]
+S, L = 120, 19
+
+
+@pytest.fixture(scope="module")
+def ds():
+    rng = np.random.default_rng(0)
+    failed = np.zeros(S, bool)
+    failed[:2] = True
+    arr = {
+        "true": rng.normal(size=(S, 3)),
+        "rank": rng.integers(0, L + 1, size=(S, 3)),
+        "z_score": rng.normal(size=(S, 2)),
+        "contraction": rng.uniform(0.2, 1.0, size=(S, 2)),
+        "diverging": rng.poisson(0.5, size=S),
+        "r_hat": 1 + rng.uniform(0, 0.02, size=(S, 2)),
+        "ess_bulk": rng.uniform(100, 900, size=(S, 2)),
+        "ess_tail": rng.uniform(100, 900, size=(S, 2)),
+        "bfmi": rng.uniform(0.2, 1.5, size=(S, 2)),
+        "failed": failed,
+    }
+    arr["z_score"][failed] = np.nan
+    return results.build_sbc_dataset(arr, {"quantity": QUANT, "parameter": PARAMS}, {"num_ranks": L})
+
+
+def _visible_axes(fig):
+    return [a for a in fig.axes if a.get_visible()]
+
+
+def test_plot_ecdf_has_band_and_curves(ds, tmp_path):
+    fig = plots.plot_ecdf(ds, difference=True, split_divergent=True)
+    assert isinstance(fig, Figure)
+    axes = _visible_axes(fig)
+    assert len(axes) == len(QUANT)
+    band = sbc.ecdf_simultaneous_band(S - 2, L)  # failed replicates excluded
+    for ax, q in zip(axes, QUANT):
+        assert q in ax.get_title() and "p" in ax.get_title()
+        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(polys) == 1
+        # band edges (2 lines) + all fits + no-divergence fits
+        assert len(ax.lines) == 4
+        upper = ax.lines[1].get_ydata()
+        np.testing.assert_allclose(upper[1:-1], band.upper_diff)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[0] == "95% simultaneous band" and any("no divergences" in s for s in labels)
+    fig.savefig(tmp_path / "ecdf.png")
+    assert (tmp_path / "ecdf.png").stat().st_size > 10_000
+    fig2 = plots.plot_ecdf(ds, difference=False)
+    assert len(_visible_axes(fig2)) == 3 and len(fig2.axes[0].lines) == 4  # band edges, curve, diagonal
+
+
+def test_plot_rank_histograms_band(ds, tmp_path):
+    from scipy import stats
+
+    fig = plots.plot_rank_histograms(ds, n_bins=10)
+    axes = _visible_axes(fig)
+    assert len(axes) == 3
+    lo, hi = stats.binom.ppf([0.005, 0.995], S - 2, 0.1)
+    for ax, q in zip(axes, QUANT):
+        ys = sorted({float(l.get_ydata()[0]) for l in ax.lines})
+        np.testing.assert_allclose(ys, sorted([lo, hi, (S - 2) / 10]))
+        assert sum(p.get_height() for p in ax.containers[0]) == S - 2  # histogram bars
+    with pytest.raises(ValueError, match="n_bins"):
+        plots.plot_rank_histograms(ds, n_bins=7)
+    fig.savefig(tmp_path / "hist.png")
+
+
+def test_plot_zscore_contraction_and_diagnostics(ds, tmp_path):
+    fig = plots.plot_zscore_contraction(ds)
+    assert len(_visible_axes(fig)) == 2
+    n_points = sum(c.get_offsets().shape[0] for c in fig.axes[0].collections if c.get_offsets().shape[0] > 0
+                   and not isinstance(c, PolyCollection))
+    assert n_points == S - 2
+    fig.savefig(tmp_path / "zc.png")
+    fig = plots.plot_diagnostics(ds)
+    assert len(_visible_axes(fig)) == 5
+    titles = [a.get_title() for a in fig.axes]
+    assert any("R-hat" in t for t in titles) and any("E-BFMI" in t for t in titles)
+    fig.savefig(tmp_path / "diag.png")
+    assert (tmp_path / "diag.png").stat().st_size > 10_000
+
+
+def test_plots_reject_incomplete_dataset(ds):
+    with pytest.raises(ValueError, match="z_score"):
+        plots.plot_zscore_contraction(ds.drop_vars("z_score"))
+    bad = ds.copy()
+    bad["failed"] = bad["failed"] | True
+    with pytest.raises(ValueError, match="every replicate failed"):
+        plots.plot_ecdf(bad)
