@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ebfmi", "rhat_ess", "compute_diagnostics", "wall_time_share"]
+__all__ = ["ebfmi", "rhat_ess", "compute_diagnostics", "wall_time_share", "summary_table"]
 
 
 def _arr3(name: str, value, allow_nan: bool = False) -> np.ndarray:
@@ -169,3 +169,20 @@ def wall_time_share(n_steps, wall_time: float) -> np.ndarray:
     if total == 0:
         return np.full(n.shape, wall_time / n.size)
     return wall_time * n / total
+
+
+def summary_table(samples: dict, hdi_prob: float = 0.94):
+    """ArviZ summary (mean, sd, HDI, MCSE, R-hat, bulk/tail ESS) of draws name -> (chain, draw).
+
+    Returns a pandas DataFrame indexed by parameter name.
+    """
+    if not samples:
+        raise ValueError("samples must map at least one parameter name to a (chain, draw) array")
+    for name, arr in samples.items():
+        if np.ndim(arr) != 2:
+            raise ValueError(f"samples['{name}'] must be (chain, draw), got shape {np.shape(arr)}")
+    if not 0 < hdi_prob < 1:
+        raise ValueError(f"hdi_prob must be in (0, 1), got {hdi_prob}")
+    import arviz as az
+
+    return az.summary({k: np.asarray(v, dtype=float) for k, v in samples.items()}, hdi_prob=hdi_prob)

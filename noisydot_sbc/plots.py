@@ -15,7 +15,8 @@ from scipy import stats
 
 from . import sbc
 
-__all__ = ["plot_ecdf", "plot_rank_histograms", "plot_zscore_contraction", "plot_diagnostics"]
+__all__ = ["plot_ecdf", "plot_rank_histograms", "plot_zscore_contraction", "plot_diagnostics", "plot_ppc",
+           "plot_degeneracy_map"]
 
 BAND_LABEL = "{:.0%} simultaneous band"
 
@@ -123,7 +124,10 @@ def plot_rank_histograms(ds, n_bins: int | None = None, band: float = 0.99) -> F
     ranks = np.asarray(ds["rank"].values)[ok]
     n = ranks.shape[0]
     if n_bins is None:
-        n_bins = sbc.chi2_bins(num_ranks, n, min_expected=5)
+        try:
+            n_bins = sbc.chi2_bins(num_ranks, n, min_expected=5)
+        except ValueError:  # few replicates: the coarsest split of 0..L that still shows shape
+            n_bins = min(b for b in range(2, num_ranks + 2) if (num_ranks + 1) % b == 0)
     if (num_ranks + 1) % n_bins:
         raise ValueError(f"n_bins={n_bins} must divide L+1={num_ranks + 1}")
     per = (num_ranks + 1) // n_bins
@@ -216,4 +220,79 @@ def plot_diagnostics(ds) -> Figure:
         ax.set_ylabel("chains")
         ax.legend(fontsize=7)
     fig.suptitle(f"MCMC diagnostics over {int(ok.sum())} fits", fontsize=11)
+    return fig
+
+
+def plot_ppc(ds) -> Figure:
+    """Posterior predictive check of a fit (Dataset from ``results.build_ppc_dataset``).
+
+    Left: density of the standardised residuals, observed vs replicated (log scale, so the tails
+    show). Middle: fraction of observations beyond k sd, observed vs the replicated 90% interval.
+    Right: PIT histogram (uniform when the predictive distribution fits each observation).
+    """
+    _check(ds, ["z_obs", "z_rep", "pit", "obs_exceed", "rep_exceed_lo", "rep_exceed_hi"])
+    fig, (ax0, ax1, ax2) = _figure(3, panel_size=(4.0, 3.2))
+    z_obs = np.asarray(ds["z_obs"].values)
+    z_rep = np.asarray(ds["z_rep"].values)
+    lim = max(6.0, float(np.nanmax(np.abs(z_obs))) + 0.5)
+    bins = np.linspace(-lim, lim, 61)
+    rep_hist = np.stack([np.histogram(r, bins=bins, density=True)[0] for r in z_rep])
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    lo, hi = np.quantile(rep_hist, [0.05, 0.95], axis=0)
+    ax0.fill_between(centres, np.maximum(lo, 1e-5), np.maximum(hi, 1e-5), step="mid", alpha=0.35,
+                     color="C0", label="replicated 90%")
+    obs_hist = np.histogram(z_obs, bins=bins, density=True)[0]
+    ax0.step(centres, np.maximum(obs_hist, 1e-5), where="mid", color="k", lw=1.2, label="observed")
+    ax0.set_yscale("log")
+    ax0.set_ylim(bottom=1e-4)
+    ax0.set_xlabel("standardised residual (y - E y) / sd")
+    ax0.set_ylabel("density")
+    ax0.set_title("residuals")
+    ax0.legend(fontsize=8)
+    thr = np.asarray(ds["threshold"].values)
+    ax1.fill_between(thr, np.maximum(ds["rep_exceed_lo"].values, 1e-5), np.maximum(ds["rep_exceed_hi"].values, 1e-5),
+                     alpha=0.35, color="C0", label="replicated 90%")
+    ax1.plot(thr, np.maximum(ds["obs_exceed"].values, 1e-5), "ko-", ms=4, label="observed")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("k (sd)")
+    ax1.set_ylabel("fraction with |residual| > k")
+    ax1.set_title("tails")
+    ax1.legend(fontsize=8)
+    pit = np.asarray(ds["pit"].values)
+    n_bins = int(np.clip(np.sqrt(pit.size), 5, 20))
+    ax2.hist(pit, bins=n_bins, range=(0, 1), color="C1", alpha=0.8, edgecolor="white")
+    expect = pit.size / n_bins
+    lo, hi = stats.binom.ppf([0.005, 0.995], pit.size, 1 / n_bins)
+    ax2.axhspan(lo, hi, color="grey", alpha=0.25, label="99% band")
+    ax2.axhline(expect, color="k", lw=0.8)
+    ax2.set_xlabel("PIT  P(y_rep < y)")
+    ax2.set_ylabel("observations")
+    ax2.set_title("PIT")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"posterior predictive check, model {ds.attrs.get('model', '?')}")
+    return fig
+
+
+def plot_degeneracy_map(ds, value: str = "contraction_w", row: str = "x_spread", col: str = "ratio") -> Figure:
+    """Heatmaps of an identifiability measure over two design features, one panel per facet.
+
+    ``ds`` comes from the degeneracy task: variables on dims (facet, ``row``, ``col``), e.g.
+    ``contraction_w`` (posterior contraction of σ_w) or ``log10_condition`` (FIM condition number).
+    """
+    _check(ds, [value])
+    da = ds[value]
+    if set(da.dims) != {"facet", row, col}:
+        raise ValueError(f"ds['{value}'] must have dims (facet, {row}, {col}), got {da.dims}")
+    facets = list(ds["facet"].values)
+    fig, axes = _figure(len(facets), ncols=min(len(facets), 3), panel_size=(4.2, 3.4))
+    vals = da.transpose("facet", row, col).values
+    vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
+    for ax, f, v in zip(axes, facets, vals):
+        sns.heatmap(v, ax=ax, vmin=vmin, vmax=vmax, annot=True, fmt=".2g", annot_kws={"fontsize": 7},
+                    cmap="viridis", xticklabels=[f"{c:g}" for c in ds[col].values],
+                    yticklabels=[f"{r:g}" for r in ds[row].values], cbar=ax is axes[-1])
+        ax.set_xlabel(ds[col].attrs.get("long_name", col))
+        ax.set_ylabel(ds[row].attrs.get("long_name", row))
+        ax.set_title(str(f), fontsize=9)
+    fig.suptitle(ds[value].attrs.get("long_name", value))
     return fig

@@ -35,6 +35,10 @@ __all__ = [
     "package_versions",
     "load_measurements",
     "write_posterior",
+    "add_variables",
+    "build_ppc_dataset",
+    "build_grid_dataset",
+    "save_measurements",
 ]
 
 # variable -> (dims, kind) with kind 'f' float, 'i' int, 'b' bool, 'U' str
@@ -218,6 +222,9 @@ def _atomic_to_netcdf(ds: xr.Dataset, path: Path, tmp_prefix: str) -> None:
     os.close(fd)
     try:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -462,3 +469,85 @@ def write_posterior(samples: dict, sample_stats: dict | None, path, observed: di
             os.unlink(tmp)
         raise
     return path
+
+
+def add_variables(ds: xr.Dataset, variables: dict) -> xr.Dataset:
+    """Return ``ds`` with extra variables given as name -> (dims, array) (e.g. run-level summaries)."""
+    for name, value in variables.items():
+        if not (isinstance(value, tuple) and len(value) == 2):
+            raise ValueError(f"{name} must be given as (dims, array)")
+        dims, arr = tuple(value[0]), np.asarray(value[1])
+        for d, n in zip(dims, arr.shape):
+            if d in ds.sizes and ds.sizes[d] != n:
+                raise ValueError(f"{name} has {n} entries along '{d}' but the dataset has {ds.sizes[d]}")
+    return ds.assign({name: (tuple(v[0]), np.asarray(v[1])) for name, v in variables.items()})
+
+
+def build_ppc_dataset(y, y_rep, pit, z_obs, z_rep, thresholds, obs_exceed, rep_exceed_lo, rep_exceed_hi,
+                      rep_exceed_mean, tail_ppp, attrs=None) -> xr.Dataset:
+    """Posterior predictive check of a fit: observed y (obs), replicated y_rep (ppc_draw, obs),
+    PIT values, standardised residuals and tail-exceedance fractions by threshold (in sd)."""
+    y, y_rep = np.asarray(y, dtype=float), np.asarray(y_rep, dtype=float)
+    if y.ndim != 1 or y_rep.ndim != 2 or y_rep.shape[1] != y.shape[0]:
+        raise ValueError(f"y_rep must be (draws, {y.shape[0]}), got {y_rep.shape}")
+    ds = xr.Dataset(
+        {
+            "y": (("obs",), y),
+            "y_rep": (("ppc_draw", "obs"), y_rep),
+            "pit": (("obs",), np.asarray(pit, dtype=float)),
+            "z_obs": (("obs",), np.asarray(z_obs, dtype=float)),
+            "z_rep": (("ppc_draw", "obs"), np.asarray(z_rep, dtype=float)),
+            "obs_exceed": (("threshold",), np.asarray(obs_exceed, dtype=float)),
+            "rep_exceed_lo": (("threshold",), np.asarray(rep_exceed_lo, dtype=float)),
+            "rep_exceed_hi": (("threshold",), np.asarray(rep_exceed_hi, dtype=float)),
+            "rep_exceed_mean": (("threshold",), np.asarray(rep_exceed_mean, dtype=float)),
+            "tail_ppp": (("threshold",), np.asarray(tail_ppp, dtype=float)),
+        },
+        coords={"threshold": np.asarray(thresholds, dtype=float)},
+        attrs={k: str(v) for k, v in (attrs or {}).items()},
+    )
+    return ds
+
+
+def build_grid_dataset(variables: dict, coords: dict, long_names: dict | None = None, attrs=None) -> xr.Dataset:
+    """A Dataset of measures on a grid: variables name -> array with dims in the order of ``coords``."""
+    dims = tuple(coords)
+    shape = tuple(len(v) for v in coords.values())
+    data_vars = {}
+    for name, arr in variables.items():
+        arr = np.asarray(arr, dtype=float)
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} (dims {dims}), got {arr.shape}")
+        data_vars[name] = (dims, arr, {"long_name": (long_names or {}).get(name, name)})
+    ds = xr.Dataset(data_vars, coords={k: np.asarray(v) for k, v in coords.items()},
+                    attrs={k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in (attrs or {}).items()})
+    for k in coords:
+        if long_names and k in long_names:
+            ds[k].attrs["long_name"] = long_names[k]
+    return ds
+
+
+def save_measurements(path, x, w, y, attrs=None) -> list[Path]:
+    """Write measurements in the layout :func:`load_measurements` reads (by suffix: .nc or .csv).
+
+    CSV writes two files: ``<stem>.csv`` (x_0..x_{M-1}, y) and ``<stem>_w.csv`` (w_0..w_{M-1}).
+    """
+    x, w, y = _check_xwy(np.asarray(x, dtype=float), np.asarray(w, dtype=float), np.asarray(y, dtype=float), "data")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".nc":
+        ds = xr.Dataset({"x": (("obs", "input"), x), "w": (("input",), w), "y": (("obs",), y)},
+                        attrs={k: str(v) for k, v in (attrs or {}).items()})
+        return [save_dataset(ds, path)]
+    if suffix == ".csv":
+        import pandas as pd
+
+        df = pd.DataFrame(x, columns=[f"x_{i}" for i in range(x.shape[1])])
+        df["y"] = y
+        df.to_csv(path, index=False, float_format="%.17g")
+        wpath = path.with_name(f"{path.stem}_w.csv")
+        pd.DataFrame(w[None], columns=[f"w_{i}" for i in range(w.shape[0])]).to_csv(wpath, index=False,
+                                                                                     float_format="%.17g")
+        return [path, wpath]
+    raise ValueError(f"path {str(path)!r}: unsupported file type {suffix!r}; use .nc or .csv")

@@ -328,15 +328,24 @@ def ecdf_uniformity(ranks, num_ranks: int, n_eval: int | None = None) -> Uniform
 
 def uniformity_tests(ranks, num_ranks: int, n_bins: int | None = None, n_eval: int | None = None) -> dict:
     """Both tests for each quantity. ``ranks`` (S,) or (S, Q). Returns dict of (Q,) arrays:
-    ``chi2``, ``chi2_p``, ``ecdf_gamma``, ``ecdf_p``."""
+    ``chi2``, ``chi2_p``, ``ecdf_gamma``, ``ecdf_p``.
+
+    With too few replicates for >= 5 expected counts in 2 or more bins the chi-square test is
+    undefined: ``chi2`` and ``chi2_p`` are then NaN (``chi2_defined`` False), never a guess; the
+    ECDF test, exact for any S, is always computed."""
     r = _check_ranks(ranks, num_ranks)
     if r.ndim == 1:
         r = r[:, None]
     if r.ndim != 2:
         raise ValueError(f"ranks must be (S,) or (S, Q), got shape {np.shape(ranks)}")
     out = {k: np.empty(r.shape[1]) for k in ("chi2", "chi2_p", "ecdf_gamma", "ecdf_p")}
+    try:
+        bins = chi2_bins(num_ranks, r.shape[0]) if n_bins is None else n_bins
+    except ValueError:
+        bins = None
+    out["chi2_defined"] = np.full(r.shape[1], bins is not None)
     for q in range(r.shape[1]):
-        c = chi2_uniformity(r[:, q], num_ranks, n_bins)
+        c = chi2_uniformity(r[:, q], num_ranks, bins) if bins is not None else (np.nan, np.nan)
         e = ecdf_uniformity(r[:, q], num_ranks, n_eval)
         out["chi2"][q], out["chi2_p"][q] = c
         out["ecdf_gamma"][q], out["ecdf_p"][q] = e
