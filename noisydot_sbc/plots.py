@@ -16,7 +16,7 @@ from scipy import stats
 from . import sbc
 
 __all__ = ["plot_ecdf", "plot_rank_histograms", "plot_zscore_contraction", "plot_diagnostics", "plot_ppc",
-           "plot_degeneracy_map"]
+           "plot_degeneracy_map", "plot_sweep_summary"]
 
 BAND_LABEL = "{:.0%} simultaneous band"
 
@@ -295,4 +295,42 @@ def plot_degeneracy_map(ds, value: str = "contraction_w", row: str = "x_spread",
         ax.set_ylabel(ds[row].attrs.get("long_name", row))
         ax.set_title(str(f), fontsize=9)
     fig.suptitle(ds[value].attrs.get("long_name", value))
+    return fig
+
+
+def plot_sweep_summary(ds) -> Figure:
+    """Side-by-side comparison of SBC runs (Dataset from ``results.sweep_summary``): calibration
+    (ECDF-test p-value per quantity, log scale), cost (bulk ESS per second) and degeneracy
+    (median |posterior correlation| of log σ_x and log σ_w, and contraction of log σ_w)."""
+    _check(ds, ["ecdf_p", "ess_bulk_per_s", "abs_corr_log", "contraction_w"])
+    fig, axes = _figure(4, ncols=2, panel_size=(5.0, 3.4))
+    models = [str(m) for m in ds["model"].values]
+    priors = [str(p) for p in ds["prior"].values]
+    width = 0.8 / max(1, len(priors))
+    xs = np.arange(len(models))
+    p = np.asarray(ds["ecdf_p"].values)  # (model, prior, quantity)
+    ax = axes[0]
+    for j, pr in enumerate(priors):
+        for qi, q in enumerate(ds["quantity"].values):
+            ax.scatter(xs + (j - (len(priors) - 1) / 2) * width, np.maximum(p[:, j, qi], 1e-16),
+                       marker="os^Dv"[qi % 5], color=f"C{j}", label=f"{pr}: {q}", s=22)
+    ax.axhline(0.05, color="k", ls="--", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, models)
+    ax.set_ylabel("ECDF uniformity p-value")
+    ax.set_title("calibration (below dashed line: miscalibrated)")
+    ax.legend(fontsize=6, ncols=2)
+    for ax, var, label in zip(axes[1:], ["ess_bulk_per_s", "abs_corr_log", "contraction_w"],
+                              ["bulk ESS per second (median)", "|corr(log σx, log σw)| (median)",
+                               "contraction of log σw (median)"]):
+        vals = np.asarray(ds[var].values)
+        for j, pr in enumerate(priors):
+            ax.bar(xs + (j - (len(priors) - 1) / 2) * width, vals[:, j], width=width, color=f"C{j}", label=pr)
+        ax.set_xticks(xs, models)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7, title="prior", title_fontsize=7)
+    axes[1].set_yscale("log")
+    axes[1].set_title("cost")
+    axes[2].set_title("degeneracy")
+    axes[3].set_title("identifiability of σw")
     return fig

@@ -39,6 +39,8 @@ __all__ = [
     "build_ppc_dataset",
     "build_grid_dataset",
     "save_measurements",
+    "find_runs",
+    "sweep_summary",
 ]
 
 # variable -> (dims, kind) with kind 'f' float, 'i' int, 'b' bool, 'U' str
@@ -551,3 +553,64 @@ def save_measurements(path, x, w, y, attrs=None) -> list[Path]:
                                                                                      float_format="%.17g")
         return [path, wpath]
     raise ValueError(f"path {str(path)!r}: unsupported file type {suffix!r}; use .nc or .csv")
+
+
+def find_runs(root, filename: str = "results.nc") -> list[Path]:
+    """All ``filename`` files below ``root`` (a Hydra multirun folder or an outputs folder), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"root {str(root)!r} is not a folder")
+    return sorted(root.rglob(filename))
+
+
+def sweep_summary(paths) -> xr.Dataset:
+    """One Dataset summarising several SBC runs side by side, on dims (model, prior, quantity).
+
+    Variables: ``ecdf_p`` (ECDF uniformity p-value per quantity), ``divergent_fraction``,
+    ``failed_fraction``, ``ess_bulk_per_s`` (median over replicates of the smaller bulk ESS of the
+    two parameters divided by the fit's wall-time share), ``contraction_w``/``contraction_x``
+    (median log-scale contraction), ``abs_corr_log`` (median |posterior corr of the logs|),
+    ``multimodal_fraction``, ``n_replicates``.
+    """
+    rows = []
+    for p in paths:
+        ds = load_dataset(p)
+        ok = ~np.asarray(ds["failed"].values, bool)
+        ess = np.asarray(ds["ess_bulk"].values).min(axis=1)
+        t = np.asarray(ds["wall_time_share"].values)
+        rows.append({
+            "model": str(ds.attrs.get("model", "?")), "prior": str(ds.attrs.get("prior", "?")),
+            "quantity": [str(q) for q in ds["quantity"].values],
+            "ecdf_p": np.asarray(ds["ecdf_p"].values, dtype=float) if "ecdf_p" in ds else None,
+            "divergent_fraction": float(np.mean(ds["diverging"].values[ok] > 0)) if ok.any() else np.nan,
+            "failed_fraction": float(np.mean(~ok)),
+            "ess_bulk_per_s": float(np.nanmedian((ess / t)[ok])) if ok.any() else np.nan,
+            "contraction_w": float(np.nanmedian(ds["contraction_log"].sel(parameter="w_noise_lvl").values[ok]))
+            if "contraction_log" in ds else np.nan,
+            "contraction_x": float(np.nanmedian(ds["contraction_log"].sel(parameter="x_noise_lvl").values[ok]))
+            if "contraction_log" in ds else np.nan,
+            "abs_corr_log": float(np.nanmedian(np.abs(ds["corr_log"].values[ok]))) if "corr_log" in ds else np.nan,
+            "multimodal_fraction": float(np.mean(ds["multimodal"].values[ok])) if "multimodal" in ds else np.nan,
+            "n_replicates": int(ds.sizes["replicate"]),
+        })
+        ds.close()
+    if not rows:
+        raise ValueError("paths is empty: no SBC results to summarise")
+    order = ["latent", "marginal", "gaussian"]
+    models = sorted({r["model"] for r in rows}, key=lambda m: (order.index(m) if m in order else len(order), m))
+    priors = sorted({r["prior"] for r in rows})
+    quantities = rows[0]["quantity"]
+    scalar = ("divergent_fraction", "failed_fraction", "ess_bulk_per_s", "contraction_w", "contraction_x",
+              "abs_corr_log", "multimodal_fraction", "n_replicates")
+    data = {k: np.full((len(models), len(priors)), np.nan) for k in scalar}
+    ecdf = np.full((len(models), len(priors), len(quantities)), np.nan)
+    for r in rows:
+        i, j = models.index(r["model"]), priors.index(r["prior"])
+        for k in scalar:
+            data[k][i, j] = r[k]
+        if r["ecdf_p"] is not None and r["quantity"] == quantities:
+            ecdf[i, j] = r["ecdf_p"]
+    return xr.Dataset(
+        {**{k: (("model", "prior"), v) for k, v in data.items()}, "ecdf_p": (("model", "prior", "quantity"), ecdf)},
+        coords={"model": models, "prior": priors, "quantity": quantities},
+    )
