@@ -142,3 +142,23 @@ def test_degeneracy_map_shows_the_ridge(tmp_path):
     assert cond[0] > cond[1] + 0.5          # no spread in |x|: a near-singular information matrix
     assert contraction[1] > contraction[0]   # spread in |x| lets the data pin down σ_w
     assert (tmp_path / "degeneracy_log10_condition.png").exists()
+
+
+def test_cli_multirun_sweeps_the_three_models(tmp_path):
+    """`python run.py -m model=latent,marginal,gaussian` from the command line (Hydra multirun)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = {o.split("=")[0]: o for o in SMALL}
+    tiny.update({o.split("=")[0]: o for o in ["sbc.num_replicates=3", "design.n_obs=20", "design.n_inputs=2",
+                                             "sampler.num_warmup=100", "sampler.num_samples=60"]})
+    cmd = [sys.executable, str(root / "run.py"), "-m", "model=latent,marginal,gaussian", *tiny.values(),
+           f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = sorted(p.parent.name for p in tmp_path.rglob("results.nc"))
+    assert [f.split("-")[0] for f in found] == ["gaussian", "latent", "marginal"]
+    for p in tmp_path.rglob("results.nc"):
+        ds = results.load_dataset(p)
+        assert ds.sizes["replicate"] == 3
