@@ -51,10 +51,40 @@ def main(n=200, m=8, sx=0.1, sw=0.05):
         "exact_rounds_us": [1e6 * t for t in r_exact], "gaussian_rounds_us": [1e6 * t for t in r_gauss],
         "n_fallback_observations": int(res.fallback.sum()), "max_error_estimate": float(res.err.max()),
     }
+    # batched as in the SBC engine: vmap over B replicates (the fallback's while_loop stays a loop)
+    b = 16
+    keys = jax.random.split(jax.random.PRNGKey(2), b)
+    designs = [make_design(k, n, m) for k in keys]
+    xb = jnp.stack([dd.x for dd in designs])
+    wb = jnp.stack([dd.w for dd in designs])
+    yb = jnp.stack([simulate_y(jax.random.fold_in(k, 1), dd.x, dd.w, sx, sw) for k, dd in zip(keys, designs)])
+
+    def batched(fn):
+        vg = jax.value_and_grad(lambda q, yy, xx, ww: jnp.sum(fn(yy, xx, ww, q[0], q[1])))
+        return jax.jit(lambda q: jax.vmap(vg, in_axes=(None, 0, 0, 0))(q, yb, xb, wb))
+
+    t_exact_b, _ = median_time(batched(lambda *a: noisydot_logpdf_with_error(*a).logp), p, repeats=140)
+    t_gauss_b, _ = median_time(batched(gaussian_logpdf), p, repeats=700)
+    out["batched"] = {"replicates": b, "exact_us_per_replicate": 1e6 * t_exact_b / b,
+                      "gaussian_us_per_replicate": 1e6 * t_gauss_b / b, "ratio": t_exact_b / t_gauss_b}
+    # float32
+    y32, x32, w32 = (jnp.asarray(a, jnp.float32) for a in (y, d.x, d.w))
+    exact32 = jax.jit(jax.value_and_grad(lambda q: jnp.sum(noisydot_logpdf_with_error(y32, x32, w32, q[0], q[1]).logp)))
+    gauss32 = jax.jit(jax.value_and_grad(lambda q: jnp.sum(gaussian_logpdf(y32, x32, w32, q[0], q[1]))))
+    p32 = jnp.asarray(p, jnp.float32)
+    t_e32, _ = median_time(exact32, p32)
+    t_g32, _ = median_time(gauss32, p32)
+    out["float32"] = {"exact_us": 1e6 * t_e32, "gaussian_us": 1e6 * t_g32, "ratio": t_e32 / t_g32}
+    value_only = jax.jit(lambda q: jnp.sum(noisydot_logpdf_with_error(y, d.x, d.w, q[0], q[1]).logp))
+    out["exact_value_only_us"] = 1e6 * median_time(value_only, p)[0]
     path = Path(__file__).parent / "results" / "likelihood_cost.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(f"exact {out['exact_us']:.1f} us, gaussian {out['gaussian_us']:.1f} us, ratio marginal/gaussian = {out['ratio']:.1f}")
+    bt = out["batched"]
+    print(f"batched x{bt['replicates']}: exact {bt['exact_us_per_replicate']:.1f} us/replicate, gaussian "
+          f"{bt['gaussian_us_per_replicate']:.2f} us/replicate, ratio {bt['ratio']:.1f}")
+    print(f"float32: ratio {out['float32']['ratio']:.1f}; exact value only {out['exact_value_only_us']:.1f} us")
     return out
 
 

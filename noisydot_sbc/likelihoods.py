@@ -38,8 +38,11 @@ def gaussian_logpdf(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
 # K_n(s) = Σ_i log M_i(s) + σ_y² s² / 2, analytic for |Re s| < 1 / max_i c_i.
 # ---------------------------------------------------------------------------------------------
 
+from functools import partial
+
 import jax
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 
 def _term_params(x, w, x_noise_lvl, w_noise_lvl):
@@ -300,19 +303,129 @@ def _error_estimate(res: InversionResult, eps):
     return jnp.maximum(jnp.maximum(res.err_step**2, res.err_tail), eps)
 
 
+class _Opts(NamedTuple):
+    """Static quadrature options (hashable: a nondiff argument of the custom JVP)."""
+
+    h: float
+    n_nodes: int
+    n_iter: int
+    group: int
+    fallback_nodes: int
+    fallback_batch: int
+
+
+def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
+    """Log density, error estimate, fallback flag and d log p / d(noise levels in ``jac_wrt``).
+
+    The fast pass covers every observation; observations that fail its checks are recomputed by
+    the robust scheme ``fallback_batch`` at a time in a ``lax.while_loop``. The loop runs zero
+    times when every observation passes, and stays a loop under ``vmap`` (a ``lax.cond`` would
+    become a select that always pays for the robust scheme). Derivatives are taken per pass with
+    forward-mode autodiff at fixed nodes, so the loop itself is never differentiated.
+    """
+    dtype = x.dtype
+    n, m = x.shape
+    eps = float(jnp.finfo(dtype).eps)
+    tol = _tolerances(dtype)
+    g = min(opts.group, m)
+    c2, mu, v = _term_params(x, w, sx, sw)
+    s_hat, k2 = _saddlepoint_from_terms(y, c2, mu, v, sy * sy, opts.n_iter, return_k2=True)
+    sd = jnp.sqrt(k2)
+    ng = -(-m // g)
+    cabs = jnp.pad(jnp.sqrt(c2), (0, ng * g - m)).reshape(ng, g).sum(-1)
+    branch_ok = jnp.max(cabs) * jnp.abs(s_hat) < 1.9
+
+    def with_jac(fn, theta):
+        """fn(theta) -> (logp, aux); returns (aux, jacobian (N, len(jac_wrt)) or None)."""
+        if not jac_wrt:
+            return fn(theta)[1], None
+        free = lambda sub: fn(tuple(sub[jac_wrt.index(i)] if i in jac_wrt else theta[i] for i in range(3)))
+        jac, aux = jax.jacfwd(free, has_aux=True)(tuple(theta[i] for i in jac_wrt))
+        return aux, jnp.stack(jac, axis=-1)
+
+    def main_fn(theta):
+        c2_, mu_, v_ = _term_params(x, w, theta[0], theta[1])
+        y2_ = theta[2] * theta[2]
+        k0, _, _ = _cgf_derivs(s_hat, c2_, mu_, v_, y2_)
+        res = _fast_pass(y, s_hat, k0, sd, c2_, mu_, v_, y2_, opts.h, opts.n_nodes, g)
+        return res.logp, res
+
+    theta = (sx, sw, sy)
+    main, jac = with_jac(main_fn, theta)
+    ok = (main.err_step < tol["step"]) & (main.err_tail < tol["tail"]) & branch_ok
+    err = jnp.where(branch_ok, _error_estimate(main, eps), jnp.inf)
+    logp = main.logp
+    r = min(opts.fallback_batch, n)
+
+    def robust_fn(theta, idx):
+        ys, xs, ss, sds = y[idx], x[idx], s_hat[idx], sd[idx]
+        y2_ = theta[2] * theta[2]
+        if m == 1:
+            res = _direct_m1_pass(ys, xs[:, 0], w[0], theta[0], theta[1], y2_, opts.fallback_nodes)
+        else:
+            c2_, mu_, v_ = _term_params(xs, w, theta[0], theta[1])
+            k0, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
+            res = _fourier_pass(ys, ss, k0, sds * sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
+        return res.logp, res
+
+    def body(state):
+        todo, logp, err, fb, jac = state
+        idx = jnp.argsort(~todo, stable=True)[:r]           # up to r observations still to do
+        res, jac_r = with_jac(lambda th: robust_fn(th, idx), theta)
+        e_r = _error_estimate(res, eps)
+        better = todo[idx] & (e_r <= err[idx])
+        logp = logp.at[idx].set(jnp.where(better, res.logp, logp[idx]))
+        err = err.at[idx].set(jnp.where(better, e_r, err[idx]))
+        fb = fb.at[idx].set(fb[idx] | better)
+        if jac is not None:
+            jac = jac.at[idx].set(jnp.where(better[:, None], jac_r, jac[idx]))
+        return todo.at[idx].set(False), logp, err, fb, jac
+
+    state = (~ok, logp, err, jnp.zeros(n, bool), jac)
+    _, logp, err, fb, jac = lax.while_loop(lambda st: jnp.any(st[0]), body, state)
+    return logp, err, fb, jac
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(6,))
+def _exact(sx, sw, sy, y, x, w, opts):
+    logp, err, fb, _ = _exact_impl(sx, sw, sy, y, x, w, opts, ())
+    return logp, err, fb.astype(logp.dtype)
+
+
+def _exact_jvp(opts, primals, tangents):
+    sx, sw, sy, y, x, w = primals
+    for name, t in zip(("y", "x", "w"), tangents[3:]):
+        if not isinstance(t, SymbolicZero):
+            raise NotImplementedError(
+                f"the exact NoisyDot log-density is differentiable w.r.t. the noise levels only, not {name}"
+            )
+    jac_wrt = tuple(i for i in range(3) if not isinstance(tangents[i], SymbolicZero))
+    logp, err, fb, jac = _exact_impl(sx, sw, sy, y, x, w, opts, jac_wrt)
+    t_out = jnp.zeros_like(logp)
+    for col, i in enumerate(jac_wrt):
+        t_out = t_out + jac[:, col] * tangents[i]
+    zero = jnp.zeros_like(logp)
+    return (logp, err, fb.astype(logp.dtype)), (t_out, zero, zero)
+
+
+_exact.defjvp(_exact_jvp, symbolic_zeros=True)
+
+
 def noisydot_logpdf_with_error(
     y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, h=0.6, n_nodes=13, n_iter=6, group=8,
-    fallback_nodes=512,
+    fallback_nodes=512, fallback_batch=8,
 ):
     """Exact log p(y_n | x_n, w, σ_x, σ_w, σ_y) per observation, with an error estimate.
 
     Fast path: trapezoid rule on the saddlepoint-shifted inversion line (``n_nodes`` nodes of step
     ``h`` in standardised units, nodes k h for k < n_nodes). Observations whose step-halving,
-    truncation or branch check fails are recomputed (under ``lax.cond``, so the common path pays
-    nothing when all pass) by the robust scheme:
+    truncation or branch check fails are recomputed, ``fallback_batch`` at a time inside a
+    ``lax.while_loop`` (zero iterations, so zero cost, when all pass), by the robust scheme:
     M = 1: direct quadrature over log|w̃| (``fallback_nodes`` nodes per sign of w̃);
-    M ≥ 2: per-term complex inversion with step h/2 and a 16x longer range.
+    M ≥ 2: complex inversion with step h/2 and a 16x longer range.
     The result per observation is whichever has the smaller error estimate.
+    Differentiable (custom JVP, so also reverse mode) w.r.t. the three noise levels; the
+    derivative is that of the quadrature at its fixed nodes. Not differentiable w.r.t. y, x, w.
     Unchecked and traceable: validate inputs with :func:`noisydot_logpdf` or the distribution.
     """
     x = jnp.asarray(x)
@@ -322,40 +435,10 @@ def noisydot_logpdf_with_error(
     y = jnp.asarray(y, dtype)
     sx = jnp.asarray(x_noise_lvl, dtype)
     sw = jnp.asarray(w_noise_lvl, dtype)
-    y2 = jnp.asarray(y_noise, dtype) ** 2
-    n, m = x.shape
-    c2, mu, v = _term_params(x, w, sx, sw)
-    s_hat, k2 = _saddlepoint_from_terms(*lax.stop_gradient((y, c2, mu, v, y2)), n_iter, return_k2=True)
-    s_hat = lax.stop_gradient(s_hat)
-    sd = lax.stop_gradient(jnp.sqrt(k2))
-    k0, _, _ = _cgf_derivs(s_hat, c2, mu, v, y2)
-    tol = _tolerances(dtype)
-    eps = float(jnp.finfo(dtype).eps)
-    g = min(group, m)
-    main = _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, g)
-    # branch condition for the grouped complex log (see _fast_pass)
-    ng = -(-m // g)
-    cabs = lax.stop_gradient(jnp.pad(jnp.sqrt(c2), (0, ng * g - m)).reshape(ng, g).sum(-1))
-    branch_ok = jnp.max(cabs) * jnp.abs(s_hat) < 1.9
-    ok = (main.err_step < tol["step"]) & (main.err_tail < tol["tail"]) & branch_ok
-
-    def robust(_):
-        if m == 1:
-            return _direct_m1_pass(y, x[:, 0], w[0], sx, sw, y2, fallback_nodes)
-        return _fourier_pass(y, s_hat, k0, sd * sd, c2, mu, v, y2, 0.5 * h, 32 * (n_nodes - 1) + 1)
-
-    def keep(_):
-        return main
-
-    # jax.checkpoint: under reverse mode the cond would otherwise materialise (as zeros) the
-    # untaken robust branch's large residuals on every call; remat keeps them to the inputs.
-    alt = lax.cond(jnp.all(ok), keep, jax.checkpoint(robust), None)
-    e_main = jnp.where(branch_ok, _error_estimate(main, eps), jnp.inf)
-    e_alt = _error_estimate(alt, eps)
-    use_alt = (~ok) & (e_alt <= e_main)
-    logp = jnp.where(use_alt, alt.logp, main.logp)
-    err = jnp.where(use_alt, e_alt, e_main)
-    return LogpdfResult(logp, err, use_alt)
+    sy = jnp.asarray(y_noise, dtype)
+    opts = _Opts(float(h), int(n_nodes), int(n_iter), int(group), int(fallback_nodes), int(fallback_batch))
+    logp, err, fb = _exact(sx, sw, sy, y, x, w, opts)
+    return LogpdfResult(logp, err, fb > 0.5)
 
 
 def noisydot_logpdf(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, **kwargs):

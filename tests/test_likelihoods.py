@@ -196,3 +196,51 @@ def test_bad_input_raises(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         L.noisydot_logpdf(**args)
+
+
+def _mixed_batch():
+    """Two replicates: one that the fast pass covers, one (M = 1, σ_w = 2) that needs the robust scheme."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 12, 1))
+    w = np.array([[0.9], [1.3]])
+    y = np.stack([x[0, :, 0] * 0.9 + 0.1 * rng.normal(size=12), x[1, :, 0] * 1.3 + 0.8 * rng.normal(size=12)])
+    theta = np.array([[0.1, 0.05], [0.3, 2.0]])
+    return y, x, w, theta
+
+
+def test_vmap_over_replicates_matches_per_replicate_and_keeps_fallback():
+    y, x, w, theta = _mixed_batch()
+
+    def lp(t, yy, xx, ww):
+        return jnp.sum(L.noisydot_logpdf_with_error(yy, xx, ww, t[0], t[1]).logp)
+
+    vg = jax.jit(jax.vmap(jax.value_and_grad(lp)))(jnp.asarray(theta), y, x, w)
+    fb = [bool(L.noisydot_logpdf_with_error(y[i], x[i], w[i], *theta[i]).fallback.any()) for i in range(2)]
+    assert fb == [False, True]  # the batch really mixes the two paths
+    for i in range(2):
+        v1, g1 = jax.value_and_grad(lp)(jnp.asarray(theta[i]), y[i], x[i], w[i])
+        np.testing.assert_allclose(float(vg[0][i]), float(v1), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(vg[1][i]), np.asarray(g1), rtol=1e-10)
+        ref = np.sum(np.log([ref_m1(yy, xx, w[i, 0], *theta[i]) for yy, xx in zip(y[i], x[i, :, 0])]))
+        np.testing.assert_allclose(float(vg[0][i]), ref, atol=1e-7)
+
+
+def test_analytic_gradient_with_readout_noise_matches_finite_differences():
+    rng = np.random.default_rng(8)
+    x, w = rng.normal(size=(40, 6)), rng.normal(size=6)
+    y = x @ w + 0.3 * rng.normal(size=40)
+
+    def f(p):
+        return jnp.sum(L.noisydot_logpdf_with_error(y, x, w, p[0], p[1], p[2]).logp)
+
+    p = jnp.array([0.15, 0.08, 0.1])
+    assert not bool(L.noisydot_logpdf_with_error(y, x, w, *p).fallback.any())  # the analytic fast-pass path
+    g = jax.grad(f)(p)
+    fd = np.array([(f(p + 1e-6 * d) - f(p - 1e-6 * d)) / 2e-6 for d in np.eye(3)])
+    np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-6)
+
+
+def test_derivative_wrt_data_is_refused():
+    x, w, y = np.ones((3, 2)), np.ones(2), np.array([0.5, 1.0, 2.0])
+    with pytest.raises(NotImplementedError, match="noise levels only"):
+        jax.grad(lambda yy: jnp.sum(L.noisydot_logpdf_with_error(yy, x, w, 0.1, 0.1).logp))(y)
