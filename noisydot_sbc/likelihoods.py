@@ -235,44 +235,79 @@ def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
     return InversionResult(logp, err_step, err_tail)
 
 
-def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group):
+def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None):
     """Real-arithmetic version of :func:`_fourier_pass` for the common case (the speed path).
 
-    Per (observation, node, term) only products and one division: Σ_i g_i / D_i is accumulated in
-    real arithmetic and Σ_i log D_i is taken as the log of the product of D_i over groups of
-    ``group`` terms (one complex log per group). Each D_i = 1 - s² c_i² has Re D_i > 0 and
-    |arg D_i| ≤ asin(c_i |ŝ|), so the principal log of a group's product is exact as long as
-    Σ_group asin(c_i |ŝ|) < π; the caller checks the sufficient condition Σ_group c_i |ŝ| < 1.9.
+    The M terms are accumulated one at a time (a Python loop, unrolled at trace time, so XLA fuses
+    the whole pass into elementwise work on (N, nodes) arrays with no (N, nodes, M) temporaries).
+    Per (observation, node, term): products and one division; Σ_i log D_i is taken as the log of
+    the product of D_i over groups of ``group`` terms (one complex log per group). Each
+    D_i = 1 - s² c_i² has Re D_i > 0 and |arg D_i| ≤ asin(c_i |ŝ|), so the principal log of a
+    group's product is exact as long as Σ_group asin(c_i |ŝ|) < π; the caller checks the
+    sufficient condition Σ_group c_i |ŝ| < 1.9.
+
+    ``dparams = (dc2 (P, M), dv (P, N, M), dy2 (P,))``, the derivatives of c², v and σ_y² w.r.t.
+    P parameters, makes it also return d log p / d parameters (N, P), computed analytically in
+    the same pass at the same nodes (ŝ and the nodes held fixed):
+    d log p = dK(ŝ) + Σ_k Re[f_k (dK(s_k) - dK(ŝ))] / (½ + Σ_k Re f_k), with
+    ∂K/∂c²_i = s²/D_i (½ + g_i/D_i), ∂K/∂v_i = s²/(2 D_i), ∂K/∂σ_y² = s²/2.
     """
     n, m = mu.shape
-    ng = -(-m // group)
-    pad = ng * group - m
-    if pad:
-        c2 = jnp.pad(c2, (0, pad))
-        mu = jnp.pad(mu, ((0, 0), (0, pad)))
-        v = jnp.pad(v, ((0, 0), (0, pad)))
-    c = c2.reshape(1, 1, ng, group)
-    mu4 = mu.reshape(n, 1, ng, group)
-    v4 = v.reshape(n, 1, ng, group)
     dtype = mu.dtype
-    b2d = (h * jnp.arange(1, n_nodes, dtype=dtype))[None, :] / sd[:, None]        # (N, K) = t
-    a2d = s_hat[:, None]
-    a = a2d[..., None, None]
-    b = b2d[..., None, None]
+    b = (h * jnp.arange(1, n_nodes, dtype=dtype))[None, :] / sd[:, None]          # (N, K) = t
+    a = s_hat[:, None]
     diff = a * a - b * b
     ab = a * b
-    p = 1.0 - c * diff
-    q = 2.0 * ab * c                                                               # D = p - i q
-    inv = 1.0 / (p * p + q * q)
-    gre = a * mu4 + 0.5 * diff * v4
-    gim = b * mu4 + ab * v4
-    e_re = jnp.sum((gre * p - gim * q) * inv, axis=(-2, -1))
-    e_im = jnp.sum((gre * q + gim * p) * inv, axis=(-2, -1))
-    log_d = jnp.sum(jnp.log(jnp.prod(lax.complex(p, -q), axis=-1)), axis=-1)      # (N, K) complex
-    diff2 = a2d * a2d - b2d * b2d
-    e_re = e_re - 0.5 * jnp.real(log_d) + 0.5 * y2 * diff2 - k0[:, None]
-    e_im = e_im - 0.5 * jnp.imag(log_d) + y2 * a2d * b2d - b2d * y[:, None]
-    re = jnp.exp(e_re) * jnp.cos(e_im)
+    e_re = jnp.zeros_like(b)
+    e_im = jnp.zeros_like(b)
+    log_d = jnp.zeros(b.shape, jnp.result_type(dtype, jnp.complex64))
+    with_d = dparams is not None
+    if with_d:
+        dc2, dv, dy2 = dparams
+        n_par = dc2.shape[0]
+        dk_re = [jnp.zeros_like(b) for _ in range(n_par)]
+        dk_im = [jnp.zeros_like(b) for _ in range(n_par)]
+        dk0 = [jnp.zeros_like(s_hat) for _ in range(n_par)]
+    pr_re = pr_im = None
+    for i in range(m):
+        c = c2[i]
+        mu_i = mu[:, i:i + 1]
+        v_i = v[:, i:i + 1]
+        p = 1.0 - c * diff
+        q = 2.0 * ab * c                                                           # D = p - i q
+        inv = 1.0 / (p * p + q * q)
+        gre = a * mu_i + 0.5 * diff * v_i
+        gim = b * mu_i + ab * v_i
+        gd_re = (gre * p - gim * q) * inv
+        gd_im = (gre * q + gim * p) * inv
+        e_re = e_re + gd_re
+        e_im = e_im + gd_im
+        if pr_re is None:
+            pr_re, pr_im = p, -q
+        else:
+            pr_re, pr_im = pr_re * p + pr_im * q, pr_im * p - pr_re * q                # × (p - i q)
+        if (i + 1) % group == 0 or i == m - 1:
+            log_d = log_d + jnp.log(lax.complex(pr_re, pr_im))
+            pr_re = pr_im = None
+        if with_d:
+            a_re = (diff * p - 2.0 * ab * q) * inv                                     # s²/D
+            a_im = (diff * q + 2.0 * ab * p) * inv
+            b_re = 0.5 + gd_re                                                          # ½ + g/D
+            ab_re = a_re * b_re - a_im * gd_im
+            ab_im = a_re * gd_im + a_im * b_re
+            s0 = s_hat * s_hat
+            d0 = 1.0 - c * s0
+            amp0 = s0 / d0
+            bb0 = 0.5 + (s_hat * mu[:, i] + 0.5 * s0 * v[:, i]) / d0
+            for j in range(n_par):
+                dk_re[j] = dk_re[j] + ab_re * dc2[j, i] + 0.5 * a_re * dv[j, :, i:i + 1]
+                dk_im[j] = dk_im[j] + ab_im * dc2[j, i] + 0.5 * a_im * dv[j, :, i:i + 1]
+                dk0[j] = dk0[j] + amp0 * bb0 * dc2[j, i] + 0.5 * amp0 * dv[j, :, i]
+    e_re = e_re - 0.5 * jnp.real(log_d) + 0.5 * y2 * diff - k0[:, None]
+    e_im = e_im - 0.5 * jnp.imag(log_d) + y2 * ab - b * y[:, None]
+    amp = jnp.exp(e_re)
+    cos_e = jnp.cos(e_im)
+    re = amp * cos_e
     total = 0.5 + jnp.sum(re, axis=-1)
     half = 0.5 + jnp.sum(re[:, 1::2], axis=-1)
     err_step = jnp.abs(total - 2.0 * half) / jnp.abs(total)
@@ -281,7 +316,18 @@ def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group):
     logp = k0 - s_hat * y + jnp.log(h * safe_total / (jnp.pi * sd))
     logp = jnp.where(total > 0, logp, -jnp.inf)
     err_step = jnp.where(total > 0, err_step, jnp.inf)
-    return InversionResult(logp, err_step, err_tail)
+    res = InversionResult(logp, err_step, err_tail)
+    if not with_d:
+        return res
+    f_im = amp * jnp.sin(e_im)
+    cols = []
+    for j in range(n_par):
+        d0j = dk0[j] + 0.5 * dy2[j] * s_hat * s_hat
+        dkr = dk_re[j] + 0.5 * dy2[j] * diff
+        dki = dk_im[j] + dy2[j] * ab
+        corr = jnp.sum(re * (dkr - d0j[:, None]) - f_im * dki, axis=-1)
+        cols.append(d0j + corr / safe_total)
+    return res, jnp.stack(cols, axis=-1)
 
 
 class LogpdfResult(NamedTuple):
@@ -343,15 +389,18 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         jac, aux = jax.jacfwd(free, has_aux=True)(tuple(theta[i] for i in jac_wrt))
         return aux, jnp.stack(jac, axis=-1)
 
-    def main_fn(theta):
-        c2_, mu_, v_ = _term_params(x, w, theta[0], theta[1])
-        y2_ = theta[2] * theta[2]
-        k0, _, _ = _cgf_derivs(s_hat, c2_, mu_, v_, y2_)
-        res = _fast_pass(y, s_hat, k0, sd, c2_, mu_, v_, y2_, opts.h, opts.n_nodes, g)
-        return res.logp, res
-
+    k0, _, _ = _cgf_derivs(s_hat, c2, mu, v, sy * sy)
     theta = (sx, sw, sy)
-    main, jac = with_jac(main_fn, theta)
+    if jac_wrt:
+        # analytic derivatives of c², v, σ_y² w.r.t. (σ_x, σ_w, σ_y), rows in the order of jac_wrt
+        w2 = w * w
+        dc2_all = (2.0 * sx * sw * sw * w2, 2.0 * sx * sx * sw * w2, jnp.zeros_like(w2))
+        dv_all = (jnp.broadcast_to(2.0 * sx * w2, mu.shape), 2.0 * sw * w2 * x * x, jnp.zeros_like(mu))
+        dy2_all = (jnp.zeros((), dtype), jnp.zeros((), dtype), 2.0 * sy)
+        dparams = tuple(jnp.stack([d[i] for i in jac_wrt]) for d in (dc2_all, dv_all, dy2_all))
+        main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g, dparams)
+    else:
+        main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g), None
     ok = (main.err_step < tol["step"]) & (main.err_tail < tol["tail"]) & branch_ok
     err = jnp.where(branch_ok, _error_estimate(main, eps), jnp.inf)
     logp = main.logp
