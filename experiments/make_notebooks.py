@@ -28,7 +28,8 @@ calibration (ECDF-difference plots with simultaneous 95% bands, uniformity p-val
 second of sampling) and degeneracy (posterior correlation of log σ_x and log σ_w, contraction of σ_w).
 
 Set `NOISYDOT_SWEEP` to the sweep folder (default `multirun/sbc`).""",
-    """import os
+    """%matplotlib inline
+import os
 from pathlib import Path
 
 from noisydot_sbc import plots, results
@@ -77,7 +78,8 @@ sample, simulated with σ_x = 0.08 and σ_w = 0.06) and shows the posterior summ
 identifiability diagnostics and the posterior predictive checks, tails included.
 
 Set `NOISYDOT_FIT` to the fit's output folder.""",
-    """import json
+    """%matplotlib inline
+import json
 import os
 from pathlib import Path
 

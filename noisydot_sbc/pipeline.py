@@ -82,14 +82,9 @@ QUANTITIES = ("x_noise_lvl", "w_noise_lvl", "log_lik", "w_over_x")
 
 def _prior_variance(scale_prior) -> float:
     """Variance of a one-dimensional prior on a noise level (for posterior contraction)."""
-    fam, loc, scale = scale_prior.family, float(scale_prior.loc), float(scale_prior.scale)
-    if fam == "lognormal":
-        return float(np.expm1(scale**2) * np.exp(2 * loc + scale**2))
-    if fam == "normal":
-        return scale**2
-    if fam == "halfnormal":
-        return scale**2 * (1 - 2 / np.pi)
-    raise ValueError(f"prior family must be lognormal, normal or halfnormal, got {fam!r}")
+    from .identifiability import prior_variances
+
+    return float(prior_variances(scale_prior)[0])
 
 
 def _nuts_config(cfg):
