@@ -406,32 +406,58 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
     logp = main.logp
     r = min(opts.fallback_batch, n)
 
+    def medium_fn(theta, idx):
+        """Tier 2: the fast pass again with half the step and four times the range (8x the nodes)."""
+        ys, xs, ss, sds = y[idx], x[idx], s_hat[idx], sd[idx]
+        y2_ = theta[2] * theta[2]
+        c2_, mu_, v_ = _term_params(xs, w, theta[0], theta[1])
+        k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
+        res = _fast_pass(ys, ss, k0_, sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 8 * (opts.n_nodes - 1) + 1, g)
+        return res.logp, res
+
     def robust_fn(theta, idx):
+        """Tier 3: direct quadrature (M = 1) or per-term complex inversion with a 16x range."""
         ys, xs, ss, sds = y[idx], x[idx], s_hat[idx], sd[idx]
         y2_ = theta[2] * theta[2]
         if m == 1:
             res = _direct_m1_pass(ys, xs[:, 0], w[0], theta[0], theta[1], y2_, opts.fallback_nodes)
         else:
             c2_, mu_, v_ = _term_params(xs, w, theta[0], theta[1])
-            k0, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
-            res = _fourier_pass(ys, ss, k0, sds * sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
+            k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
+            res = _fourier_pass(ys, ss, k0_, sds * sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
         return res.logp, res
 
-    def body(state):
-        todo, logp, err, fb, jac = state
-        idx = jnp.argsort(~todo, stable=True)[:r]           # up to r observations still to do
-        res, jac_r = with_jac(lambda th: robust_fn(th, idx), theta)
-        e_r = _error_estimate(res, eps)
-        better = todo[idx] & (e_r <= err[idx])
-        logp = logp.at[idx].set(jnp.where(better, res.logp, logp[idx]))
-        err = err.at[idx].set(jnp.where(better, e_r, err[idx]))
-        fb = fb.at[idx].set(fb[idx] | better)
-        if jac is not None:
-            jac = jac.at[idx].set(jnp.where(better[:, None], jac_r, jac[idx]))
-        return todo.at[idx].set(False), logp, err, fb, jac
+    def tier(fn, checked, state):
+        """Recompute the observations flagged in state[0], r at a time; those that ``fn`` does not
+        certify (when ``checked``) are flagged in state[5] for the next tier."""
 
-    state = (~ok, logp, err, jnp.zeros(n, bool), jac)
-    _, logp, err, fb, jac = lax.while_loop(lambda st: jnp.any(st[0]), body, state)
+        def body(st):
+            todo, logp, err, fb, jac, nxt = st
+            idx = jnp.argsort(~todo, stable=True)[:r]          # up to r observations still to do
+            res, jac_r = with_jac(lambda th: fn(th, idx), theta)
+            e_r = _error_estimate(res, eps)
+            sel = todo[idx]
+            better = sel & (e_r <= err[idx])
+            logp = logp.at[idx].set(jnp.where(better, res.logp, logp[idx]))
+            err = err.at[idx].set(jnp.where(better, e_r, err[idx]))
+            fb = fb.at[idx].set(fb[idx] | better)
+            if jac is not None:
+                jac = jac.at[idx].set(jnp.where(better[:, None], jac_r, jac[idx]))
+            if checked:
+                passed = (res.err_step < tol["step"]) & (res.err_tail < tol["tail"]) & branch_ok[idx]
+                nxt = nxt.at[idx].set(nxt[idx] | (sel & ~passed))
+            return todo.at[idx].set(False), logp, err, fb, jac, nxt
+
+        return lax.while_loop(lambda st: jnp.any(st[0]), body, state)
+
+    nobody = jnp.zeros(n, bool)
+    if m == 1:  # the fast pass cannot beat the 1/t tail of M = 1: go straight to the direct scheme
+        state = tier(robust_fn, False, (~ok, logp, err, nobody, jac, nobody))
+    else:
+        state = tier(medium_fn, True, (~ok, logp, err, nobody, jac, nobody))
+        todo3 = state[5]
+        state = tier(robust_fn, False, (todo3,) + tuple(state[1:5]) + (nobody,))
+    _, logp, err, fb, jac, _ = state
     return logp, err, fb, jac
 
 
@@ -462,7 +488,7 @@ _exact.defjvp(_exact_jvp, symbolic_zeros=True)
 
 def noisydot_logpdf_with_error(
     y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, h=0.6, n_nodes=13, n_iter=6, group=8,
-    fallback_nodes=512, fallback_batch=8,
+    fallback_nodes=512, fallback_batch=16,
 ):
     """Exact log p(y_n | x_n, w, σ_x, σ_w, σ_y) per observation, with an error estimate.
 
