@@ -14,7 +14,8 @@ jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["sbc.num_replicates=4", "sbc.chunk_size=4", "sbc.num_ranks=19", "sampler.num_warmup=100",
-        "sampler.num_samples=60", "sampler.num_chains=2", "design.n_obs=20", "design.n_inputs=2", "progress=false"]
+        "sampler.num_samples=60", "sampler.num_chains=2", "sampler.max_tree_depth=5", "design.n_obs=20",
+        "design.n_inputs=2", "progress=false"]
 
 
 def _run(out, overrides):
