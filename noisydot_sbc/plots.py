@@ -286,7 +286,10 @@ def plot_degeneracy_map(ds, value: str = "contraction_w", row: str = "x_spread",
     facets = list(ds["facet"].values)
     fig, axes = _figure(len(facets), ncols=min(len(facets), 3), panel_size=(4.2, 3.4))
     vals = da.transpose("facet", row, col).values
-    vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
+    finite = vals[np.isfinite(vals)]
+    if finite.size == 0:
+        raise ValueError(f"ds['{value}'] has no finite values to plot")
+    vmin, vmax = float(finite.min()), float(finite.max())  # blank cells: infinite or undefined
     for ax, f, v in zip(axes, facets, vals):
         sns.heatmap(v, ax=ax, vmin=vmin, vmax=vmax, annot=True, fmt=".2g", annot_kws={"fontsize": 7},
                     cmap="viridis", xticklabels=[f"{c:g}" for c in ds[col].values],
@@ -294,7 +297,10 @@ def plot_degeneracy_map(ds, value: str = "contraction_w", row: str = "x_spread",
         ax.set_xlabel(ds[col].attrs.get("long_name", col))
         ax.set_ylabel(ds[row].attrs.get("long_name", row))
         ax.set_title(str(f), fontsize=9)
-    fig.suptitle(ds[value].attrs.get("long_name", value))
+    title = ds[value].attrs.get("long_name", value)
+    if not np.isfinite(vals).all():
+        title += "  (blank: infinite or undefined)"
+    fig.suptitle(title)
     return fig
 
 
