@@ -363,11 +363,13 @@ class _Opts(NamedTuple):
 def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
     """Log density, error estimate, fallback flag and d log p / d(noise levels in ``jac_wrt``).
 
-    The fast pass covers every observation; observations that fail its checks are recomputed by
-    the robust scheme ``fallback_batch`` at a time in a ``lax.while_loop``. The loop runs zero
-    times when every observation passes, and stays a loop under ``vmap`` (a ``lax.cond`` would
-    become a select that always pays for the robust scheme). Derivatives are taken per pass with
-    forward-mode autodiff at fixed nodes, so the loop itself is never differentiated.
+    The fast pass covers every observation; observations that fail its checks are recomputed,
+    ``fallback_batch`` at a time in ``lax.while_loop``s, by the tiers (M >= 2: the fast pass with
+    half the step and 4x the range, then per-term complex inversion; M = 1: direct quadrature).
+    Each loop runs zero times when nothing needs it, and stays a loop under ``vmap`` (a
+    ``lax.cond`` would become a select that always pays for the robust schemes). Derivatives:
+    analytic inside the fast pass, forward-mode autodiff at fixed nodes in the tiers, so no loop
+    is ever differentiated.
     """
     dtype = x.dtype
     n, m = x.shape
@@ -494,10 +496,11 @@ def noisydot_logpdf_with_error(
 
     Fast path: trapezoid rule on the saddlepoint-shifted inversion line (``n_nodes`` nodes of step
     ``h`` in standardised units, nodes k h for k < n_nodes). Observations whose step-halving,
-    truncation or branch check fails are recomputed, ``fallback_batch`` at a time inside a
-    ``lax.while_loop`` (zero iterations, so zero cost, when all pass), by the robust scheme:
+    truncation or branch check fails are recomputed, ``fallback_batch`` at a time inside
+    ``lax.while_loop``s (zero iterations, so zero cost, when all pass), by the robust tiers:
     M = 1: direct quadrature over log|w̃| (``fallback_nodes`` nodes per sign of w̃);
-    M ≥ 2: complex inversion with step h/2 and a 16x longer range.
+    M ≥ 2: the fast pass with step h/2 and 4x the range, then, for what that cannot certify,
+    complex inversion with step h/2 and a 16x longer range.
     The result per observation is whichever has the smaller error estimate.
     Differentiable (custom JVP, so also reverse mode) w.r.t. the three noise levels; the
     derivative is that of the quadrature at its fixed nodes. Not differentiable w.r.t. y, x, w.
