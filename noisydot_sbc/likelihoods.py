@@ -146,7 +146,7 @@ class InversionResult(NamedTuple):
     """Per-observation output of one quadrature pass: log density and its error indicators."""
 
     logp: jax.Array        # (N,) log density
-    err_step: jax.Array    # (N,) |S_h - S_2h| / S_h: the step-halving estimate (error at h ≈ its square)
+    err_disc: jax.Array    # (N,) estimated relative discretisation error, from the rule with step 2h
     err_tail: jax.Array    # (N,) |integrand| at the last node relative to the integrand at v = 0
 
 
@@ -155,6 +155,15 @@ def _tail_estimate(log_last, log_prev, total):
     geometrically from the last two nodes (ratio capped at 0.99: slow decay is flagged)."""
     r = jnp.minimum(jnp.exp(log_last - log_prev), 0.99)
     return jnp.exp(log_last) * r / (1.0 - r) / jnp.abs(total)
+
+
+def _step_halving(total, half):
+    """Relative error of a trapezoid sum with exponential convergence: the difference d between
+    the rules with steps h and 2h estimates the error at 2h, and the error at h is then ≈ d²
+    (e(h) ~ exp(-a/h) = e(2h)²). Used where the integrand is analytic in a strip and the rule is
+    known to be in its asymptotic regime at the accepted tolerance (the Fourier passes)."""
+    d = jnp.abs(total - 2.0 * half) / jnp.abs(total)
+    return d * d
 
 
 def _fourier_pass(y, s_hat, k0, k2, c2, mu, v, y2, h, n_nodes):
@@ -174,13 +183,13 @@ def _fourier_pass(y, s_hat, k0, k2, c2, mu, v, y2, h, n_nodes):
     re = jnp.real(f)
     total = 0.5 + jnp.sum(re, axis=-1)
     half = 0.5 + jnp.sum(re[:, 1::2], axis=-1)                          # nodes 2h, 4h, ...
-    err_step = jnp.abs(total - 2.0 * half) / jnp.abs(total)
+    err_disc = _step_halving(total, half)
     err_tail = _tail_estimate(jnp.real(expo[:, -1]), jnp.real(expo[:, -2]), total)
     safe_total = jnp.where(total > 0, total, 1.0)
     logp = k0 - s_hat * y + jnp.log(h * safe_total / (jnp.pi * sd))
     logp = jnp.where(total > 0, logp, -jnp.inf)
-    err_step = jnp.where(total > 0, err_step, jnp.inf)
-    return InversionResult(logp, err_step, err_tail)
+    err_disc = jnp.where(total > 0, err_disc, jnp.inf)
+    return InversionResult(logp, err_disc, err_tail)
 
 
 def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
@@ -229,10 +238,93 @@ def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
     both = jnp.concatenate([lw_p, lw_m], axis=-1)
     logp = jax.scipy.special.logsumexp(both, axis=-1)
     half = jax.scipy.special.logsumexp(jnp.concatenate([lw_p[:, ::2], lw_m[:, ::2]], axis=-1), axis=-1) + jnp.log(2.0)
-    err_step = jnp.abs(jnp.expm1(half - logp))
+    err_disc = jnp.expm1(half - logp) ** 2   # double-exponential decay: error at h ≈ (difference)²
     ends = jnp.stack([lw_p[:, 0], lw_p[:, -1], lw_m[:, 0], lw_m[:, -1]], axis=-1)
     err_tail = jnp.exp(jnp.max(ends, axis=-1) - logp)
-    return InversionResult(logp, err_step, err_tail)
+    return InversionResult(logp, err_disc, err_tail)
+
+
+def _polar_m2_pass(y, x, w, x_noise_lvl, w_noise_lvl, y2, n_nodes):
+    """M = 2: two-dimensional quadrature over the weight noise in polar coordinates.
+
+    With q_i = w̃_i / |w_i| ~ N(sign w_i, σ_w²) (isotropic in the plane),
+    p(y) = ∫∫ φ₂(q) N(y; Σ_i x_i |w_i| q_i, σ_x² Σ_i w_i² q_i² + σ_y²) dq. The only singularity is
+    at q = 0 (both weights zero at once, where the conditional variance vanishes): polar
+    coordinates q = e^z (cos θ, sin θ), dq = e^{2z} dz dθ, turn it into an integrand that decays
+    exponentially as z → -∞, and the integrand is smooth and periodic in θ, so the trapezoid rule
+    converges exponentially in both directions (``n_nodes`` + 1 nodes in z, ``n_nodes`` in θ).
+    This is the scheme for the heavy corner (σ_w ≳ 0.3, ‖x‖ ≲ σ_x) where the characteristic
+    function decays only like t⁻² and Fourier inversion cannot reach 1e-8.
+    Error estimate: the full difference to the rule on every other node in both directions (not
+    its square: the rule may not yet be in its asymptotic regime when the integrand is peaked,
+    which happens for small σ_w, where the Fourier passes are used instead).
+    """
+    dtype = x.dtype
+    sx, sw = x_noise_lvl, w_noise_lvl
+    sxs, sws, y2s = lax.stop_gradient((sx, sw, y2))
+    b = jnp.abs(w)                                                        # (2,)
+    a = x * b                                                             # (R, 2): x̃_i w̃_i = x̃_i |w_i| q_i
+    c = jnp.where(w >= 0, 1.0, -1.0).astype(dtype)                       # centre of q, |c|² = 2
+    floor = jnp.log(jnp.finfo(dtype).eps) * 2.5
+    rc = jnp.sqrt(jnp.asarray(2.0, dtype))
+    th_c = jnp.arctan2(c[1], c[0])
+
+    def log_integrand(z, n_t, sx, sw, y2):
+        """log of prior(q) N(y; a·q, σ_x² Σ b_i² q_i² + σ_y²) r² at q = e^z (cos θ, sin θ), (R, Z, T)."""
+        th = th_c + (2.0 * jnp.pi / n_t) * jnp.arange(n_t, dtype=dtype)  # node 0 on the prior's centre
+        ct, st = jnp.cos(th), jnp.sin(th)
+        r = jnp.exp(z)[:, :, None]
+        proj = a[:, 0, None, None] * ct + a[:, 1, None, None] * st
+        bb = b[0] ** 2 * ct * ct + b[1] ** 2 * st * st
+        d2 = r * r - 2.0 * r * (c[0] * ct + c[1] * st) + 2.0              # |q - c|²
+        var = sx * sx * r * r * bb + y2
+        resid = y[:, None, None] - r * proj
+        return (-0.5 * d2 / (sw * sw) - jnp.log(2.0 * jnp.pi * sw * sw) - 0.5 * jnp.log(2.0 * jnp.pi * var)
+                - 0.5 * resid * resid / var + 2.0 * z[:, :, None])
+
+    # --- where the integrand lives in z (nodes held constant under differentiation) ---------------
+    z_top = jnp.log(rc + 12.0 * sws)
+    z_prior = jnp.log(jnp.maximum(rc - 12.0 * sws, jnp.exp(floor)))
+    # small r: the conditional factor vanishes below |y| / (‖a‖ + 12 σ_x max|w|) (as for M = 1)
+    scale = jnp.where(y2s > 0, 1e-12 * jnp.maximum(jnp.abs(y), jnp.sqrt(y2s)), jnp.abs(y))
+    ratio = scale / (jnp.sqrt(jnp.sum(a * a, axis=-1)) + 12.0 * sxs * jnp.max(b))
+    z_bot = jnp.minimum(jnp.maximum(jnp.log(jnp.maximum(ratio, jnp.exp(floor))) - 0.5, z_prior), z_top - 1.0)
+    # coarse scan: 40 nodes over [z_bot, z_top] and 24 over the prior's range, 32 angles
+    u40 = jnp.linspace(0.0, 1.0, 40, dtype=dtype)
+    zc_grid = jnp.concatenate([z_bot[:, None] + (z_top - z_bot)[:, None] * u40,
+                               jnp.broadcast_to(jnp.linspace(jnp.maximum(z_prior, z_top - 6.0), z_top, 24, dtype=dtype),
+                                                (y.shape[0], 24))], axis=1)
+    prof = jnp.max(log_integrand(zc_grid, 32, sxs, sws, y2s), axis=-1)   # (R, 64)
+    top = jnp.max(prof, axis=-1, keepdims=True)
+    live = prof >= top - 45.0
+    step = ((z_top - z_bot) / 39.0)[:, None]
+    z_lo = jnp.min(jnp.where(live, zc_grid - step, jnp.inf), axis=-1)
+    z_hi = jnp.max(jnp.where(live, zc_grid + step, -jnp.inf), axis=-1)
+    z_lo = jnp.maximum(z_lo, z_bot)
+    z_hi = jnp.minimum(z_hi, z_top)
+    z_mid = jnp.take_along_axis(zc_grid, jnp.argmax(prof, axis=-1)[:, None], axis=-1)[:, 0]
+    z_mid = jnp.clip(z_mid, z_lo, z_hi)
+    # sinh map z = z_mid + L sinh(v): dense where the integrand peaks (width ~ σ_w/√2 in z),
+    # sparse in the long e^z tail towards r = 0, which becomes double-exponentially decaying in v
+    ell = jnp.clip(sws / rc, 0.05, 1.0)
+    v_lo, v_hi = jnp.arcsinh((z_lo - z_mid) / ell), jnp.arcsinh((z_hi - z_mid) / ell)
+    v_lo, v_hi, z_mid = lax.stop_gradient((v_lo, v_hi, z_mid))
+    n_z = n_nodes + (1 - n_nodes % 2)                                     # odd: the half rule keeps both ends
+    n_t = n_nodes + n_nodes % 2                                           # even: the half rule is periodic too
+    grid = jnp.linspace(0.0, 1.0, n_z, dtype=dtype)
+    vv = v_lo[:, None] + (v_hi - v_lo)[:, None] * grid[None, :]          # (R, Z)
+    z = z_mid[:, None] + ell * jnp.sinh(vv)
+    hv = (v_hi - v_lo) / (n_z - 1)
+    ht = 2.0 * jnp.pi / n_t
+    logg = log_integrand(z, n_t, sx, sw, y2) + jnp.log(ell * jnp.cosh(vv))[:, :, None]
+    end_w = jnp.log(jnp.ones(n_z, dtype).at[0].set(0.5).at[-1].set(0.5))
+    logp = jax.scipy.special.logsumexp(logg + end_w[None, :, None], axis=(1, 2)) + jnp.log(hv * ht)
+    end_w2 = jnp.log(jnp.ones(n_z // 2 + 1, dtype).at[0].set(0.5).at[-1].set(0.5))
+    half = jax.scipy.special.logsumexp(logg[:, ::2, ::2] + end_w2[None, :, None], axis=(1, 2)) + jnp.log(4.0 * hv * ht)
+    err_disc = jnp.abs(jnp.expm1(half - logp))
+    ends = jnp.maximum(jnp.max(logg[:, 0, :], axis=-1), jnp.max(logg[:, -1, :], axis=-1))
+    err_tail = jnp.exp(ends + jnp.log(hv * 2.0 * jnp.pi) - logp)
+    return InversionResult(logp, err_disc, err_tail)
 
 
 def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None):
@@ -310,13 +402,13 @@ def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None)
     re = amp * cos_e
     total = 0.5 + jnp.sum(re, axis=-1)
     half = 0.5 + jnp.sum(re[:, 1::2], axis=-1)
-    err_step = jnp.abs(total - 2.0 * half) / jnp.abs(total)
+    err_disc = _step_halving(total, half)
     err_tail = _tail_estimate(e_re[:, -1], e_re[:, -2], total)
     safe_total = jnp.where(total > 0, total, 1.0)
     logp = k0 - s_hat * y + jnp.log(h * safe_total / (jnp.pi * sd))
     logp = jnp.where(total > 0, logp, -jnp.inf)
-    err_step = jnp.where(total > 0, err_step, jnp.inf)
-    res = InversionResult(logp, err_step, err_tail)
+    err_disc = jnp.where(total > 0, err_disc, jnp.inf)
+    res = InversionResult(logp, err_disc, err_tail)
     if not with_d:
         return res
     f_im = amp * jnp.sin(e_im)
@@ -340,13 +432,12 @@ class LogpdfResult(NamedTuple):
 
 def _tolerances(dtype):
     eps = float(jnp.finfo(dtype).eps)
-    # step-halving: the error at h is ≈ (difference to the 2h rule)² or smaller; accept ≈ 1e-10 (f64)
     # target: estimated relative error ≤ 1e-9 in float64 (1e-6 in float32)
-    return dict(step=3e-5, tail=1e-10) if eps < 1e-10 else dict(step=1e-3, tail=1e-6)
+    return dict(disc=1e-9, tail=1e-10) if eps < 1e-10 else dict(disc=1e-6, tail=1e-6)
 
 
 def _error_estimate(res: InversionResult, eps):
-    return jnp.maximum(jnp.maximum(res.err_step**2, res.err_tail), eps)
+    return jnp.maximum(jnp.maximum(res.err_disc, res.err_tail), eps)
 
 
 class _Opts(NamedTuple):
@@ -358,6 +449,7 @@ class _Opts(NamedTuple):
     group: int
     fallback_nodes: int
     fallback_batch: int
+    polar_nodes: int
 
 
 def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
@@ -365,7 +457,8 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
 
     The fast pass covers every observation; observations that fail its checks are recomputed,
     ``fallback_batch`` at a time in ``lax.while_loop``s, by the tiers (M >= 2: the fast pass with
-    half the step and 4x the range, then per-term complex inversion; M = 1: direct quadrature).
+    half the step and 4x the range, then for M = 2 polar quadrature over the weight noise, then
+    per-term complex inversion; M = 1: direct quadrature).
     Each loop runs zero times when nothing needs it, and stays a loop under ``vmap`` (a
     ``lax.cond`` would become a select that always pays for the robust schemes). Derivatives:
     analytic inside the fast pass, forward-mode autodiff at fixed nodes in the tiers, so no loop
@@ -403,7 +496,7 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g, dparams)
     else:
         main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g), None
-    ok = (main.err_step < tol["step"]) & (main.err_tail < tol["tail"]) & branch_ok
+    ok = (main.err_disc < tol["disc"]) & (main.err_tail < tol["tail"]) & branch_ok
     err = jnp.where(branch_ok, _error_estimate(main, eps), jnp.inf)
     logp = main.logp
     r = min(opts.fallback_batch, n)
@@ -417,8 +510,13 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         res = _fast_pass(ys, ss, k0_, sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 8 * (opts.n_nodes - 1) + 1, g)
         return res.logp, res
 
+    def polar_fn(theta, idx):
+        """Tier 3 for M = 2: quadrature over the weight noise in polar coordinates."""
+        res = _polar_m2_pass(y[idx], x[idx], w, theta[0], theta[1], theta[2] * theta[2], opts.polar_nodes)
+        return res.logp, res
+
     def robust_fn(theta, idx):
-        """Tier 3: direct quadrature (M = 1) or per-term complex inversion with a 16x range."""
+        """Last tier: direct quadrature (M = 1) or per-term complex inversion with a 16x range."""
         ys, xs, ss, sds = y[idx], x[idx], s_hat[idx], sd[idx]
         y2_ = theta[2] * theta[2]
         if m == 1:
@@ -429,9 +527,10 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
             res = _fourier_pass(ys, ss, k0_, sds * sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
         return res.logp, res
 
-    def tier(fn, checked, state):
+    def tier(fn, checked, state, fourier=True):
         """Recompute the observations flagged in state[0], r at a time; those that ``fn`` does not
-        certify (when ``checked``) are flagged in state[5] for the next tier."""
+        certify (when ``checked``) are flagged in state[5] for the next tier. A Fourier pass is
+        certified only where the branch check of the grouped logarithm holds."""
 
         def body(st):
             todo, logp, err, fb, jac, nxt = st
@@ -446,7 +545,9 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
             if jac is not None:
                 jac = jac.at[idx].set(jnp.where(better[:, None], jac_r, jac[idx]))
             if checked:
-                passed = (res.err_step < tol["step"]) & (res.err_tail < tol["tail"]) & branch_ok[idx]
+                passed = (res.err_disc < tol["disc"]) & (res.err_tail < tol["tail"])
+                if fourier:
+                    passed = passed & branch_ok[idx]
                 nxt = nxt.at[idx].set(nxt[idx] | (sel & ~passed))
             return todo.at[idx].set(False), logp, err, fb, jac, nxt
 
@@ -457,8 +558,9 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         state = tier(robust_fn, False, (~ok, logp, err, nobody, jac, nobody))
     else:
         state = tier(medium_fn, True, (~ok, logp, err, nobody, jac, nobody))
-        todo3 = state[5]
-        state = tier(robust_fn, False, (todo3,) + tuple(state[1:5]) + (nobody,))
+        if m == 2:  # the t^-2 tail of the heavy corner: quadrature in polar coordinates first
+            state = tier(polar_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,), fourier=False)
+        state = tier(robust_fn, False, (state[5],) + tuple(state[1:5]) + (nobody,))
     _, logp, err, fb, jac, _ = state
     return logp, err, fb, jac
 
@@ -490,7 +592,7 @@ _exact.defjvp(_exact_jvp, symbolic_zeros=True)
 
 def noisydot_logpdf_with_error(
     y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, h=0.6, n_nodes=13, n_iter=6, group=8,
-    fallback_nodes=512, fallback_batch=16,
+    fallback_nodes=512, fallback_batch=16, polar_nodes=128,
 ):
     """Exact log p(y_n | x_n, w, σ_x, σ_w, σ_y) per observation, with an error estimate.
 
@@ -499,8 +601,9 @@ def noisydot_logpdf_with_error(
     truncation or branch check fails are recomputed, ``fallback_batch`` at a time inside
     ``lax.while_loop``s (zero iterations, so zero cost, when all pass), by the robust tiers:
     M = 1: direct quadrature over log|w̃| (``fallback_nodes`` nodes per sign of w̃);
-    M ≥ 2: the fast pass with step h/2 and 4x the range, then, for what that cannot certify,
-    complex inversion with step h/2 and a 16x longer range.
+    M ≥ 2: the fast pass with step h/2 and 4x the range; then, for M = 2, quadrature over the
+    weight noise in polar coordinates (``polar_nodes``² nodes); then, for what is still not
+    certified, complex inversion with step h/2 and a 16x longer range.
     The result per observation is whichever has the smaller error estimate.
     Differentiable (custom JVP, so also reverse mode) w.r.t. the three noise levels; the
     derivative is that of the quadrature at its fixed nodes. Not differentiable w.r.t. y, x, w.
@@ -514,7 +617,8 @@ def noisydot_logpdf_with_error(
     sx = jnp.asarray(x_noise_lvl, dtype)
     sw = jnp.asarray(w_noise_lvl, dtype)
     sy = jnp.asarray(y_noise, dtype)
-    opts = _Opts(float(h), int(n_nodes), int(n_iter), int(group), int(fallback_nodes), int(fallback_batch))
+    opts = _Opts(float(h), int(n_nodes), int(n_iter), int(group), int(fallback_nodes), int(fallback_batch),
+                 int(polar_nodes))
     logp, err, fb = _exact(sx, sw, sy, y, x, w, opts)
     return LogpdfResult(logp, err, fb > 0.5)
 

@@ -22,7 +22,7 @@ def ref_m1(y, x, w, sx, sw, sy=0.0):
     return sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-13, limit=2000)[0] for a, b in zip(edges[:-1], edges[1:]))
 
 
-def ref_m2(y, x, w, sx, sw):
+def ref_m2(y, x, w, sx, sw, sy=0.0):
     """p(y), M = 2: nested adaptive quadrature over (u1, u2)."""
     edges = sorted({-12.0, 12.0, max(-1.0 / sw, -12.0), 0.0})
 
@@ -31,7 +31,8 @@ def ref_m2(y, x, w, sx, sw):
 
         def f(u2):
             wt2 = w[1] * (1 + sw * u2)
-            return stats.norm.pdf(u2) * stats.norm.pdf(y, x[0] * wt1 + x[1] * wt2, sx * np.hypot(wt1, wt2))
+            sd = np.sqrt(sx**2 * (wt1**2 + wt2**2) + sy**2)
+            return stats.norm.pdf(u2) * stats.norm.pdf(y, x[0] * wt1 + x[1] * wt2, sd)
 
         return stats.norm.pdf(u1) * sum(
             integrate.quad(f, a, b, epsabs=0, epsrel=1e-12, limit=400)[0] for a, b in zip(edges[:-1], edges[1:])
@@ -74,16 +75,63 @@ def test_m2_matches_dblquad(x, w, sx, sw):
     np.testing.assert_allclose(np.asarray(res.logp), ref, rtol=0, atol=1e-8)
 
 
-def test_m2_heavy_corner_error_estimate_is_honest():
-    """σ = 0.5, ‖x‖ ≲ σ_x: the 1e-8 target is NOT met (log singularity at y = 0, slow t^-2 tail);
-    the returned error estimate must cover the true error."""
-    x, w, sx, sw = np.array([0.3, 0.2]), np.array([1.0, -0.8]), 0.5, 0.5
-    ys = _ys(x, w, sx, sw, [-3, 0.3, 4])
-    res = L.noisydot_logpdf_with_error(jnp.asarray(ys), jnp.tile(x, (len(ys), 1)), w, sx, sw)
+@pytest.mark.parametrize(
+    "x,w,sx,sw,sy",
+    [((0.3, 0.2), (1.0, -0.8), 0.5, 0.5, 0.0), ((0.05, -0.4), (0.7, 1.2), 0.3, 0.5, 0.0),
+     ((0.2, 0.1), (1.0, 0.5), 0.5, 0.4, 0.05)],
+)
+def test_m2_heavy_corner_matches_dblquad(x, w, sx, sw, sy):
+    """σ_w ≥ 0.4, ‖x‖ ≲ σ_x: the characteristic function decays only like t^-2, so Fourier inversion
+    cannot reach 1e-8 there; the polar quadrature over the weight noise must (y = 0 included)."""
+    x, w = np.asarray(x), np.asarray(w)
+    ys = np.concatenate([_ys(x, w, sx, sw, [-8, 0.3, 4]), [0.0]])
+    res = L.noisydot_logpdf_with_error(jnp.asarray(ys), jnp.tile(x, (len(ys), 1)), w, sx, sw, sy)
+    ref = np.log([ref_m2(y, x, w, sx, sw, sy) for y in ys])
+    assert np.asarray(res.fallback).sum() >= 2  # the corner really needs the robust tiers
+    np.testing.assert_allclose(np.asarray(res.logp), ref, rtol=0, atol=1e-8)
+    assert np.all(np.asarray(res.err) < 1e-7)
+
+
+def test_polar_pass_converges_and_its_estimate_is_honest():
+    """The M = 2 polar scheme alone, at a coarse and a fine resolution, against nested quad."""
+    x, w, sx, sw = np.array([0.541, 0.215]), np.array([0.355, -0.654]), 0.35, 0.404
+    ys = np.array([-0.8, 0.0, 0.6])
     ref = np.log([ref_m2(y, x, w, sx, sw) for y in ys])
+    X = jnp.tile(x, (len(ys), 1))
+    coarse = L._polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 32)
+    fine = L._polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 128)
+    for res in (coarse, fine):
+        err = np.abs(np.asarray(res.logp) - ref)
+        assert np.all(err <= np.maximum(np.asarray(res.err_disc), np.asarray(res.err_tail)) + 1e-12)
+    assert np.max(np.abs(np.asarray(coarse.logp) - ref)) > 1e-7   # 32 nodes is visibly not converged
+    np.testing.assert_allclose(np.asarray(fine.logp), ref, rtol=0, atol=1e-8)
+
+
+def ref_m3(y, x, w, sx, sw):
+    """p(y), M = 3: scipy quad over u_3 of the M = 2 density of the first two terms with the third
+    term's x noise (σ_x w̃_3) as readout noise; the inner density by the (tested) polar scheme."""
+    inner = jax.jit(lambda yy, y2: L._polar_m2_pass(yy, jnp.asarray(x[None, :2]), jnp.asarray(w[:2]), sx, sw, y2, 256))
+
+    def f(u):
+        wt = w[2] * (1 + sw * u)
+        res = inner(jnp.asarray([y - x[2] * wt]), (sx * wt) ** 2)
+        assert float(res.err_disc[0]) < 1e-9
+        return stats.norm.pdf(u) * np.exp(float(res.logp[0]))
+
+    edges = sorted({-12.0, 12.0, max(-1.0 / sw, -12.0), 0.0})
+    return sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-12, limit=400)[0] for a, b in zip(edges[:-1], edges[1:]))
+
+
+def test_m3_heavy_corner_error_estimate_is_honest():
+    """M = 3, σ = (0.5, 0.5): the t^-3 tail limits Fourier inversion to ~1e-4..1e-6 here (a known
+    gap, docs/likelihood.md); the error estimate returned with the value must cover the true error."""
+    x, w, sx, sw = np.array([-0.8, -1.32, -0.25]), np.array([0.42, 1.14, 0.11]), 0.5, 0.5
+    ys = _ys(x, w, sx, sw, [-3, 0.2, 3, 8])
+    res = L.noisydot_logpdf_with_error(jnp.asarray(ys), jnp.tile(x, (len(ys), 1)), w, sx, sw)
+    ref = np.log([ref_m3(y, x, w, sx, sw) for y in ys])
     err = np.abs(np.asarray(res.logp) - ref)
-    assert np.all(err < 1e-4)
-    assert np.all(err <= np.asarray(res.err))
+    assert np.all(err < 1e-3)
+    assert np.all(err <= np.asarray(res.err) + 1e-10)
 
 
 @pytest.mark.parametrize("m,sx,sw", [(8, 0.1, 0.05), (8, 0.5, 0.5), (64, 0.3, 0.3)])
@@ -244,3 +292,19 @@ def test_derivative_wrt_data_is_refused():
     x, w, y = np.ones((3, 2)), np.ones(2), np.array([0.5, 1.0, 2.0])
     with pytest.raises(NotImplementedError, match="noise levels only"):
         jax.grad(lambda yy: jnp.sum(L.noisydot_logpdf_with_error(yy, x, w, 0.1, 0.1).logp))(y)
+
+
+def test_gradient_through_polar_tier_matches_finite_differences():
+    """M = 2 heavy corner: the derivative comes from forward-mode autodiff of the polar quadrature."""
+    rng = np.random.default_rng(11)
+    x, w = 0.3 * rng.normal(size=(12, 2)), np.array([1.0, -0.8])
+    y = x @ w + 0.6 * rng.normal(size=12)
+    p = jnp.array([0.5, 0.45, 0.02])
+    assert int(L.noisydot_logpdf_with_error(y, x, w, *p).fallback.sum()) >= 6
+
+    def f(q):
+        return jnp.sum(L.noisydot_logpdf_with_error(y, x, w, q[0], q[1], q[2]).logp)
+
+    g = jax.grad(f)(p)
+    fd = np.array([(f(p + 1e-6 * d) - f(p - 1e-6 * d)) / 2e-6 for d in np.eye(3)])
+    np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-6)
