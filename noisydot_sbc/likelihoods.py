@@ -529,8 +529,8 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
 
     The fast pass covers every observation; observations that fail its checks are recomputed,
     ``fallback_batch`` at a time in ``lax.while_loop``s, by the tiers (M >= 2: the fast pass with
-    half the step and 4x the range, then for M = 2 polar quadrature over the weight noise, then
-    per-term complex inversion; M = 1: direct quadrature).
+    half the step and 4x the range, then inversion along the bent contour, then for M = 2 polar
+    quadrature over the weight noise, then per-term complex inversion; M = 1: direct quadrature).
     Each loop runs zero times when nothing needs it, and stays a loop under ``vmap`` (a
     ``lax.cond`` would become a select that always pays for the robust schemes). Derivatives:
     analytic inside the fast pass, forward-mode autodiff at fixed nodes in the tiers, so no loop
@@ -597,7 +597,7 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         return res.logp, res
 
     def polar_fn(theta, idx):
-        """Tier 3 for M = 2: quadrature over the weight noise in polar coordinates."""
+        """Tier 4 for M = 2: quadrature over the weight noise in polar coordinates."""
         res = _polar_m2_pass(y[idx], x[idx], w, theta[0], theta[1], theta[2] * theta[2], opts.polar_nodes)
         return res.logp, res
 
@@ -648,7 +648,7 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
     else:
         state = tier(medium_fn, True, (~ok, logp, err, nobody, jac, nobody), grouped=True)
         state = tier(tilted_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,))
-        if m == 2:  # the t^-2 tail of the heavy corner: quadrature in polar coordinates first
+        if m == 2:  # what the bent contour could not certify: quadrature in polar coordinates
             state = tier(polar_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,))
         state = tier(robust_fn, False, (state[5],) + tuple(state[1:5]) + (nobody,))
     _, logp, err, fb, jac, _ = state
@@ -691,9 +691,11 @@ def noisydot_logpdf_with_error(
     truncation or branch check fails are recomputed, ``fallback_batch`` at a time inside
     ``lax.while_loop``s (zero iterations, so zero cost, when all pass), by the robust tiers:
     M = 1: direct quadrature over log|w̃| (``fallback_nodes`` nodes per sign of w̃);
-    M ≥ 2: the fast pass with step h/2 and 4x the range; then, for M = 2, quadrature over the
-    weight noise in polar coordinates (``polar_nodes``² nodes); then, for what is still not
-    certified, complex inversion with step h/2 and a 16x longer range.
+    M ≥ 2: the fast pass with step h/2 and 4x the range; then inversion along a contour bent into
+    the half-plane where exp(-s y) decays, sinh-mapped nodes of step ``tilted_h`` up to
+    u = ``tilted_range`` (the t^-M tail of the heavy corner, M ≥ 2); then, for M = 2, quadrature
+    over the weight noise in polar coordinates (``polar_nodes``² nodes); then, for what is still
+    not certified, complex inversion with step h/2 and a 16x longer range.
     The result per observation is whichever has the smaller error estimate.
     Differentiable (custom JVP, so also reverse mode) w.r.t. the three noise levels; the
     derivative is that of the quadrature at its fixed nodes. Not differentiable w.r.t. y, x, w.
