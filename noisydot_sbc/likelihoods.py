@@ -96,7 +96,7 @@ def _cgf_derivs(s, c2, mu, v, y2, with_value=True):
     return k0, k1 + y2 * s1, k2 + y2
 
 
-def _saddlepoint_from_terms(y, c2, mu, v, y2, n_iter, return_k2=False):
+def _saddlepoint_from_terms(y, c2, mu, v, y2, n_iter, return_k2=False, rolled=False):
     """Safeguarded Newton for K'(ŝ) = y inside the strip |s| < 1/max c (fixed iteration count).
 
     ŝ only fixes the inversion line (the density does not depend on it), so a few unrolled
@@ -112,13 +112,21 @@ def _saddlepoint_from_terms(y, c2, mu, v, y2, n_iter, return_k2=False):
     hi = jnp.full_like(y, edge)
     s = jnp.clip((y - mean) / var, -0.5 * edge, 0.5 * edge)
     k2 = var
-    for _ in range(n_iter):
+
+    def newton(state):
+        s, lo, hi, _ = state
         _, k1, k2 = _cgf_derivs(s, c2, mu, v, y2, with_value=False)
         f = k1 - y
         lo = jnp.where(f < 0, s, lo)
         hi = jnp.where(f > 0, s, hi)
         step = s - f / k2
-        s = jnp.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))
+        return jnp.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi)), lo, hi, k2
+
+    if rolled:   # a fori_loop: one copy of the step in the program however many iterations
+        s, lo, hi, k2 = lax.fori_loop(0, n_iter, lambda _, st: newton(st), (s, lo, hi, k2))
+    else:        # unrolled, for the fast path's few iterations (XLA fuses them)
+        for _ in range(n_iter):
+            s, lo, hi, k2 = newton((s, lo, hi, k2))
     if return_k2:
         return s, k2
     return s
@@ -590,7 +598,7 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         # the line must pass through the saddlepoint itself here (the bend assumes it): near the
         # edge of the strip the fast path's few Newton steps leave K'(ŝ) - y large, so refine
         ss, k2s = _saddlepoint_from_terms(*lax.stop_gradient((ys, c2_, mu_, v_, y2_)), 4 * opts.n_iter + 16,
-                                          return_k2=True)
+                                          return_k2=True, rolled=True)
         ss, sds = lax.stop_gradient((ss, jnp.sqrt(k2s)))
         k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
         res = _tilted_pass(ys, ss, k0_, sds, c2_, mu_, v_, y2_, opts.tilted_h, opts.tilted_range)
