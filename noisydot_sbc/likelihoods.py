@@ -344,15 +344,15 @@ def _tilted_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
 
     The vertical line s = ŝ + i t leaves a tail ~ t^-M (the density's singular point y = 0, where
     all w̃ can vanish together): for M ≥ 2 and σ_w ≳ 0.3 a truncated vertical line cannot reach
-    1e-8. Here the contour is s(t) = ŝ + i t + sign(y) κ (√(t² + T₀²) - T₀) (T₀ = ``t0`` standard
-    units): near the saddlepoint it is the steepest-descent line, for large t it runs at the angle
+    1e-8. Here the contour is s(t) = ŝ + i t + sign(y) κ (√(t² + T₀²) - T₀) (T₀ = max(``t0`` standard
+    units, 2/max c_i), see below): near the saddlepoint it is the steepest-descent line, for large t it runs at the angle
     atan(1/κ) > 45° into the half-plane where |exp(-s y)| = exp(-Re(s) y) decays exponentially.
     It stays in the upper half-plane, so it never meets the branch cuts [1/c_i, ∞) of K; for
     κ ≤ 1 every term |M_i| stays bounded (|1 - s² c²| ≥ 1 along a ray steeper than 45°), and the
     deformation is valid because the integrand decays at least like |s|^-M, M ≥ 2.
     With t = ℓ sinh(u) (ℓ: see below) and trapezoid nodes u_k = k h, k ≤ u_max/h, the integrand decays
     exponentially in u at y = 0 (the algebraic tail, e^{-(M-1)u}) and double-exponentially for
-    y ≠ 0, so the rule converges exponentially (the strip of analyticity in u is |Im u| < atan κ).
+    y ≠ 0, so the rule converges exponentially (the strip of analyticity in u is at most |Im u| < atan κ).
     p(y) = (1/π) ∫_0^∞ Re[exp(K(s) - s y) s'(t) / i] dt, by Hermitian symmetry of the contour.
     Error estimate from the rules with steps 2h and 4h (d_k: relative difference to the rule with
     step k h): the rule converges like e(h) = C e^{-a/h}, a = 2π × the half-width of the strip; a is
