@@ -370,13 +370,13 @@ def _tilted_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
     # node scale: the saddlepoint width 1/√K'', or half the distance to the nearest branch point
     # ±1/c_max when ŝ is near the edge of the strip (the rule's strip of analyticity in u then
     # stays ≥ π/2 wide around u = 0 instead of shrinking with that distance)
-    edge = lax.stop_gradient(1.0 / jnp.sqrt(jnp.max(c2)) - jnp.abs(s_hat))[:, None]
+    cmax = lax.stop_gradient(jnp.sqrt(jnp.max(c2)))
+    edge = lax.stop_gradient(1.0 / cmax - jnp.abs(s_hat))[:, None]
     ell = jnp.minimum(isd, 0.5 * edge)
     t = jnp.sinh(u)[None, :] * ell                                        # (N, K)
     # the bend starts above t0 standard units and above twice the largest branch point: there the
     # integrand is in its algebraic regime (|exp K| ~ |s|^-M, nearly independent of Re s), so moving
     # Re s away from ŝ does not amplify it (nearer the real axis it would: ŝ minimises K(σ) - σ y)
-    cmax = lax.stop_gradient(jnp.sqrt(jnp.max(c2)))
     big_t = jnp.maximum(t0 * isd, 2.0 / cmax)
     root = jnp.sqrt(t * t + big_t * big_t)
     s = lax.complex(s_hat[:, None] + sig * kappa * (root - big_t), t).astype(cdtype)
@@ -514,6 +514,14 @@ def _tolerances(dtype):
     return dict(disc=1e-9, tail=1e-10) if eps < 1e-10 else dict(disc=1e-6, tail=1e-6)
 
 
+def _distrust(res: InversionResult, trusted):
+    """The pass's result with an infinite error estimate where ``trusted`` is False: a pass that
+    takes the logarithm of grouped products is worth nothing where their branch check fails
+    (a node's term can have the wrong sign while both step sizes agree), so it neither certifies
+    nor wins against another tier there."""
+    return res._replace(err_disc=jnp.where(trusted, res.err_disc, jnp.inf))
+
+
 def _error_estimate(res: InversionResult, eps):
     return jnp.maximum(jnp.maximum(res.err_disc, res.err_tail), eps)
 
@@ -576,32 +584,36 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g, dparams)
     else:
         main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g), None
-    ok = (main.err_disc < tol["disc"]) & (main.err_tail < tol["tail"]) & branch_ok
-    err = jnp.where(branch_ok, _error_estimate(main, eps), jnp.inf)
+    main = _distrust(main, branch_ok)
+    ok = (main.err_disc < tol["disc"]) & (main.err_tail < tol["tail"])
+    err = _error_estimate(main, eps)
     logp = main.logp
     r = min(opts.fallback_batch, n)
 
+    def terms_at(theta, idx):
+        """y, the term parameters c², μ, v and σ_y² of the observations idx at noise levels theta."""
+        c2_, mu_, v_ = _term_params(x[idx], w, theta[0], theta[1])
+        return y[idx], c2_, mu_, v_, theta[2] * theta[2]
+
     def medium_fn(theta, idx):
         """Tier 2: the fast pass again with half the step and four times the range (8x the nodes)."""
-        ys, xs, ss, sds = y[idx], x[idx], s_hat[idx], sd[idx]
-        y2_ = theta[2] * theta[2]
-        c2_, mu_, v_ = _term_params(xs, w, theta[0], theta[1])
+        ys, c2_, mu_, v_, y2_ = terms_at(theta, idx)
+        ss, sds = s_hat[idx], sd[idx]
         k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
         res = _fast_pass(ys, ss, k0_, sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 8 * (opts.n_nodes - 1) + 1, g)
+        res = _distrust(res, branch_ok[idx])
         return res.logp, res
 
     def tilted_fn(theta, idx):
         """Tier 3 (M >= 2): inversion along the bent contour with a sinh map (the t^-M tail)."""
-        ys, xs = y[idx], x[idx]
-        y2_ = theta[2] * theta[2]
-        c2_, mu_, v_ = _term_params(xs, w, theta[0], theta[1])
+        ys, c2_, mu_, v_, y2_ = terms_at(theta, idx)
         # the line must pass through the saddlepoint itself here (the bend assumes it): near the
         # edge of the strip the fast path's few Newton steps leave K'(ŝ) - y large, so refine
+        # (from constant inputs, so ŝ and K''(ŝ) are constants under differentiation)
         ss, k2s = _saddlepoint_from_terms(*lax.stop_gradient((ys, c2_, mu_, v_, y2_)), 4 * opts.n_iter + 16,
                                           return_k2=True, rolled=True)
-        ss, sds = lax.stop_gradient((ss, jnp.sqrt(k2s)))
         k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
-        res = _tilted_pass(ys, ss, k0_, sds, c2_, mu_, v_, y2_, opts.tilted_h, opts.tilted_range)
+        res = _tilted_pass(ys, ss, k0_, jnp.sqrt(k2s), c2_, mu_, v_, y2_, opts.tilted_h, opts.tilted_range)
         return res.logp, res
 
     def polar_fn(theta, idx):
@@ -611,29 +623,25 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
 
     def robust_fn(theta, idx):
         """Last tier: direct quadrature (M = 1) or per-term complex inversion with a 16x range."""
-        ys, xs, ss, sds = y[idx], x[idx], s_hat[idx], sd[idx]
-        y2_ = theta[2] * theta[2]
         if m == 1:
-            res = _direct_m1_pass(ys, xs[:, 0], w[0], theta[0], theta[1], y2_, opts.fallback_nodes)
+            res = _direct_m1_pass(y[idx], x[idx, 0], w[0], theta[0], theta[1], theta[2] * theta[2],
+                                  opts.fallback_nodes)
         else:
-            c2_, mu_, v_ = _term_params(xs, w, theta[0], theta[1])
+            ys, c2_, mu_, v_, y2_ = terms_at(theta, idx)
+            ss, sds = s_hat[idx], sd[idx]
             k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
             res = _fourier_pass(ys, ss, k0_, sds * sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
         return res.logp, res
 
-    def tier(fn, checked, state, grouped=False):
+    def tier(fn, checked, state):
         """Recompute the observations flagged in state[0], r at a time; those that ``fn`` does not
-        certify (when ``checked``) are flagged in state[5] for the next tier. A pass that takes the
-        logarithm of grouped products (``grouped``) is worth nothing where the branch check fails:
-        there a node's term can have the wrong sign while both step sizes agree."""
+        certify (when ``checked``) are flagged in state[5] for the next tier."""
 
         def body(st):
             todo, logp, err, fb, jac, nxt = st
             idx = jnp.argsort(~todo, stable=True)[:r]          # up to r observations still to do
             res, jac_r = with_jac(lambda th: fn(th, idx), theta)
             e_r = _error_estimate(res, eps)
-            if grouped:
-                e_r = jnp.where(branch_ok[idx], e_r, jnp.inf)
             sel = todo[idx]
             better = sel & (e_r <= err[idx])
             logp = logp.at[idx].set(jnp.where(better, res.logp, logp[idx]))
@@ -643,8 +651,6 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
                 jac = jac.at[idx].set(jnp.where(better[:, None], jac_r, jac[idx]))
             if checked:
                 passed = (res.err_disc < tol["disc"]) & (res.err_tail < tol["tail"])
-                if grouped:
-                    passed = passed & branch_ok[idx]
                 nxt = nxt.at[idx].set(nxt[idx] | (sel & ~passed))
             return todo.at[idx].set(False), logp, err, fb, jac, nxt
 
@@ -654,7 +660,7 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
     if m == 1:  # the fast pass cannot beat the 1/t tail of M = 1: go straight to the direct scheme
         state = tier(robust_fn, False, (~ok, logp, err, nobody, jac, nobody))
     else:
-        state = tier(medium_fn, True, (~ok, logp, err, nobody, jac, nobody), grouped=True)
+        state = tier(medium_fn, True, (~ok, logp, err, nobody, jac, nobody))
         state = tier(tilted_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,))
         if m == 2:  # what the bent contour could not certify: quadrature in polar coordinates
             state = tier(polar_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,))

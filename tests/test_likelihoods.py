@@ -82,7 +82,7 @@ def test_m2_matches_dblquad(x, w, sx, sw):
 )
 def test_m2_heavy_corner_matches_dblquad(x, w, sx, sw, sy):
     """σ_w ≥ 0.4, ‖x‖ ≲ σ_x: the characteristic function decays only like t^-2, so Fourier inversion
-    cannot reach 1e-8 there; the polar quadrature over the weight noise must (y = 0 included)."""
+    cannot reach 1e-8 there; the robust tiers (bent contour, polar quadrature) must (y = 0 included)."""
     x, w = np.asarray(x), np.asarray(w)
     ys = np.concatenate([_ys(x, w, sx, sw, [-8, 0.3, 4]), [0.0]])
     res = L.noisydot_logpdf_with_error(jnp.asarray(ys), jnp.tile(x, (len(ys), 1)), w, sx, sw, sy)

@@ -17,8 +17,8 @@ TINY = ["sbc.num_replicates=4", "sbc.chunk_size=4", "sbc.num_ranks=19", "sampler
         "sampler.num_samples=60", "sampler.num_chains=2", "sampler.max_tree_depth=5", "design.n_obs=20",
         "design.n_inputs=3", "progress=false"]
 # M = 3, not 2: under the weak prior nearly every M = 2 observation is in the heavy corner, where
-# the exact likelihood uses its costly polar quadrature (docs/likelihood.md); this test is about the
-# notebooks, and the M = 2 corner is tested in test_likelihoods.py.
+# the exact likelihood needs its costly robust tiers (docs/likelihood.md); this test is about the
+# notebooks, and the heavy corners are tested in test_likelihoods.py.
 
 
 def _run(out, overrides):
