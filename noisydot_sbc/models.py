@@ -13,6 +13,7 @@ prior (Normal on scales) runs; with positive priors this is the identity.
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 import numpyro
@@ -60,6 +61,8 @@ def gaussian_model(x, w, y=None, *, prior: Prior = STRONG, y_noise=0.0, shared_w
         numpyro.sample("obs", dist.Normal(mean, jnp.sqrt(var)), obs=y)
 
 
+PARAMS = ("x_noise_lvl", "w_noise_lvl")  # the parameters every model infers (the site names)
+
 MODELS = {"latent": latent_model, "marginal": marginal_model, "gaussian": gaussian_model}
 
 
@@ -68,3 +71,34 @@ def get_model(name: str, prior: Prior = STRONG, y_noise: float = 0.0, shared_w_n
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     return partial(MODELS[name], prior=prior, y_noise=y_noise, shared_w_noise=shared_w_noise)
+
+
+class Model(NamedTuple):
+    """A model with everything an inference method or a task needs, built by :func:`build_model`.
+
+    ``fn``: the NumPyro model ``fn(x, w, y=None)`` (hashable: the NUTS driver caches on it);
+    ``loglik``: the model's own per-observation log-likelihood ``loglik(y, x, w, sx, sw) -> (N,)``
+    of the parameters (exact for ``latent`` and ``marginal``, whose marginal likelihood is the
+    exact one; the moment-matched normal for ``gaussian``); ``prior``: the :class:`Prior`;
+    ``y_noise``: the known readout noise; ``shared_w_noise``: weight noise drawn once per device.
+    """
+
+    name: str
+    fn: Callable
+    prior: Prior
+    y_noise: float
+    shared_w_noise: bool
+    loglik: Callable
+    params: tuple = PARAMS
+
+
+def build_model(name: str, prior: Prior = STRONG, y_noise: float = 0.0, shared_w_noise: bool = False) -> Model:
+    """The :class:`Model` called ``name`` (``latent``, ``marginal`` or ``gaussian``)."""
+    from .likelihoods import gaussian_logpdf, noisydot_logpdf_with_error
+
+    fn = get_model(name, prior=prior, y_noise=y_noise, shared_w_noise=shared_w_noise)
+    if name == "gaussian":
+        loglik = lambda y, x, w, sx, sw: gaussian_logpdf(y, x, w, sx, sw, y_noise)
+    else:
+        loglik = lambda y, x, w, sx, sw: noisydot_logpdf_with_error(y, x, w, sx, sw, y_noise).logp
+    return Model(name, fn, prior, float(y_noise), bool(shared_w_noise), loglik)
