@@ -16,7 +16,14 @@ Pure numpy/scipy functions on arrays with a leading replicate axis ``S``; no xar
   ECDF difference), by adjusting the pointwise level ``gamma`` so that the whole ECDF stays inside
   with probability ``1 - alpha`` ('optimize': exact recursion + bisection, 'simulate': Monte Carlo
   with a seeded RNG). Results are cached.
-- Posterior z-score and contraction (Schad, Betancourt & Vasishth 2021).
+- Posterior z-score and contraction (Schad, Betancourt & Vasishth 2021): the one
+  implementation (identifiability uses it too).
+
+Failed replicates are data: every function that takes a leading replicate axis accepts
+``failed`` ((S,) bool). Those rows may hold NaN, never raise, and come back as NaN (floats) or
+-1 (ranks); the uniformity tests leave them out and report how many they left out.
+:func:`replicate_problems` finds the replicates a caller should mark failed (non-finite or
+constant draws) with the reason to record.
 """
 from __future__ import annotations
 
@@ -26,7 +33,10 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
+from ._validation import as_array
+
 __all__ = [
+    "replicate_problems",
     "ThinnedDraws",
     "UniformityTest",
     "EcdfBand",
@@ -69,17 +79,38 @@ def _as_rng(key_or_rng) -> np.random.Generator:
         raise ValueError(f"key_or_rng: cannot make a random generator from {type(key_or_rng)}") from exc
 
 
-def _finite(name: str, value, ndim: int | None = None) -> np.ndarray:
-    arr = np.asarray(value)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains {int(np.sum(~np.isfinite(arr)))} non-finite value(s) (NaN or inf)")
-    return arr
+def _failed_mask(failed, s: int) -> np.ndarray:
+    if failed is None:
+        return np.zeros(s, bool)
+    f = as_array("failed", failed, ndim=1, kind="b")
+    if f.shape != (s,):
+        raise ValueError(f"failed must have shape ({s},), got {f.shape}")
+    return f
+
+
+def replicate_problems(draws, true_values=None) -> list[str]:
+    """Reason per replicate why its SBC statistics are undefined ("" where fine): non-finite
+    draws, constant draws (zero posterior sd), a non-finite true value. ``draws`` (S, ...) with
+    at least two draws per replicate, ``true_values`` (S,) optional. A caller marks the
+    replicates with a reason as failed and records the reason."""
+    d = as_array("draws", draws, finite=False)
+    if d.ndim < 2:
+        raise ValueError(f"draws must be (S, ...) with at least one draw axis, got shape {d.shape}")
+    flat = d.reshape(d.shape[0], -1)
+    out = []
+    t = None if true_values is None else as_array("true_values", true_values, ndim=1, finite=False)
+    if t is not None and t.shape[0] != flat.shape[0]:
+        raise ValueError(f"draws has {flat.shape[0]} replicates but true_values has {t.shape[0]}")
+    for i, row in enumerate(flat):
+        if not np.all(np.isfinite(row)):
+            out.append(f"{int(np.sum(~np.isfinite(row)))} non-finite draw(s)")
+        elif t is not None and not np.isfinite(t[i]):
+            out.append("non-finite true value")
+        elif np.all(row == row[0]):
+            out.append("constant draws (zero posterior sd)")
+        else:
+            out.append("")
+    return out
 
 
 # --------------------------------------------------------------------------- thinning
@@ -101,23 +132,28 @@ def _even_indices(n_total: int, num_keep: int) -> np.ndarray:
     return np.floor((np.arange(num_keep) + 0.5) * n_total / num_keep).astype(np.int64)
 
 
-def thin_draws(draws, num_keep: int) -> np.ndarray:
+def thin_draws(draws, num_keep: int, failed=None) -> np.ndarray:
     """Keep ``num_keep`` draws per replicate, evenly spaced across chains and draws.
 
-    ``draws``: (S, chain, draw). Returns (S, num_keep). Pick ``num_keep`` no larger than the
-    smallest effective sample size (see :func:`thin_by_ess`) so that the kept draws are
-    near-independent, as SBC ranks assume (Talts et al. 2018, section 5).
+    ``draws``: (S, chain, draw). Returns (S, num_keep); rows of replicates marked ``failed``
+    are NaN. Pick ``num_keep`` no larger than the smallest effective sample size (see
+    :func:`thin_by_ess`) so that the kept draws are near-independent, as SBC ranks assume
+    (Talts et al. 2018, section 5).
     """
-    arr = _finite("draws", draws, ndim=3)
+    arr = as_array("draws", draws, ndim=3, finite=False)
+    f = _failed_mask(failed, arr.shape[0])
+    as_array("draws", arr, failed=f)
     s, c, d = arr.shape
     if not isinstance(num_keep, (int, np.integer)) or num_keep < 1:
         raise ValueError(f"num_keep must be a positive integer, got {num_keep!r}")
     if num_keep > c * d:
         raise ValueError(f"num_keep={num_keep} exceeds the {c * d} draws available per replicate (chain*draw)")
-    return arr.reshape(s, c * d)[:, _even_indices(c * d, int(num_keep))]
+    kept = arr.reshape(s, c * d)[:, _even_indices(c * d, int(num_keep))].astype(float)
+    kept[f] = np.nan
+    return kept
 
 
-def thin_by_ess(draws, ess, num_keep: int) -> ThinnedDraws:
+def thin_by_ess(draws, ess, num_keep: int, failed=None) -> ThinnedDraws:
     """Thin to ``num_keep`` draws and report whether each replicate had ESS >= ``num_keep``.
 
     ``ess``: (S,) or (S, P) effective sample sizes (the smallest over parameters is used, e.g.
@@ -125,45 +161,57 @@ def thin_by_ess(draws, ess, num_keep: int) -> ThinnedDraws:
     spacing ``n / num_keep``; the draws are near-independent when that spacing is at least the
     autocorrelation time ``n / ESS``, i.e. when ``ESS >= num_keep``. Replicates with
     ``sufficient == False`` have autocorrelated kept draws: their ranks are biased towards the
-    middle (a too-wide-looking posterior); rerun with more draws or report them.
+    middle (a too-wide-looking posterior); rerun with more draws or report them. Failed
+    replicates (``failed``) are NaN rows and ``sufficient == False``.
     """
-    arr = _finite("draws", draws, ndim=3)
+    arr = as_array("draws", draws, ndim=3, finite=False)
+    f = _failed_mask(failed, arr.shape[0])
     e = np.asarray(ess, dtype=float)
     if e.ndim == 2:
         e = e.min(axis=1)
     if e.shape != (arr.shape[0],):
         raise ValueError(f"ess must have shape ({arr.shape[0]},) or ({arr.shape[0]}, P), got {np.shape(ess)}")
-    if np.any(np.isnan(e)):
-        raise ValueError("ess contains NaN (undefined effective sample size, e.g. constant draws)")
-    kept = thin_draws(arr, num_keep)
+    if np.any(np.isnan(e[~f])):
+        raise ValueError("ess contains NaN in a replicate not marked failed (undefined effective sample size, "
+                         "e.g. constant draws)")
+    kept = thin_draws(arr, num_keep, failed=f)
     n_total = arr.shape[1] * arr.shape[2]
     spacing = np.full(arr.shape[0], n_total / num_keep)
-    return ThinnedDraws(kept, spacing, e >= num_keep)
+    return ThinnedDraws(kept, spacing, (e >= num_keep) & ~f)
 
 
 # --------------------------------------------------------------------------- ranks
 
 
-def compute_ranks(key_or_rng, true_values, draws) -> np.ndarray:
+def compute_ranks(key_or_rng, true_values, draws, failed=None) -> np.ndarray:
     """SBC ranks in ``0..L`` with random tie-breaking.
 
     ``true_values`` (S,), ``draws`` (S, L). ``rank_s = #{l: draw_sl < true_s} + U_s`` where
-    ``U_s`` is uniform on ``0..#{l: draw_sl == true_s}``. Returns int64 (S,).
+    ``U_s`` is uniform on ``0..#{l: draw_sl == true_s}``. Returns int64 (S,); replicates marked
+    ``failed`` get -1 (their values may be NaN). The random stream is drawn for every row, a
+    failed one as if all its draws tied, so the ranks of the others do not depend on what a
+    failed row held.
     """
-    t = _finite("true_values", true_values, ndim=1)
-    d = _finite("draws", draws, ndim=2)
+    t = as_array("true_values", true_values, ndim=1, finite=False)
+    d = as_array("draws", draws, ndim=2, finite=False)
     if d.shape[0] != t.shape[0]:
         raise ValueError(f"draws has {d.shape[0]} replicates but true_values has {t.shape[0]}")
+    f = _failed_mask(failed, t.shape[0])
+    as_array("true_values", t, failed=f)
+    as_array("draws", d, failed=f)
     rng = _as_rng(key_or_rng)
-    less = np.sum(d < t[:, None], axis=1)
-    ties = np.sum(d == t[:, None], axis=1)
-    return (less + rng.integers(0, ties + 1)).astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        less = np.where(f, 0, np.sum(d < t[:, None], axis=1))
+        ties = np.where(f, d.shape[1], np.sum(d == t[:, None], axis=1))
+    ranks = (less + rng.integers(0, ties + 1)).astype(np.int64)
+    ranks[f] = -1
+    return ranks
 
 
-def rank_quantities(key_or_rng, true: dict, draws: dict) -> tuple[list[str], np.ndarray]:
+def rank_quantities(key_or_rng, true: dict, draws: dict, failed=None) -> tuple[list[str], np.ndarray]:
     """Rank several test quantities. ``true[name]`` (S,), ``draws[name]`` (S, L).
 
-    Returns (names in the order of ``true``, ranks (S, Q) int64)."""
+    Returns (names in the order of ``true``, ranks (S, Q) int64; -1 in ``failed`` rows)."""
     if not true:
         raise ValueError("true is empty: at least one test quantity is needed")
     missing = [k for k in true if k not in draws]
@@ -177,7 +225,7 @@ def rank_quantities(key_or_rng, true: dict, draws: dict) -> tuple[list[str], np.
     cols = []
     for k in names:
         try:
-            cols.append(compute_ranks(rng, true[k], draws[k]))
+            cols.append(compute_ranks(rng, true[k], draws[k], failed=failed))
         except ValueError as exc:
             raise ValueError(f"quantity {k!r}: {exc}") from None
     return names, np.stack(cols, axis=1)
@@ -192,7 +240,7 @@ class UniformityTest(NamedTuple):
 
 
 def _check_ranks(ranks, num_ranks: int) -> np.ndarray:
-    r = _finite("ranks", ranks)
+    r = as_array("ranks", ranks)
     if not isinstance(num_ranks, (int, np.integer)) or num_ranks < 1:
         raise ValueError(f"num_ranks (L, the number of draws ranked against) must be a positive integer, got {num_ranks!r}")
     if np.any(r != np.round(r)) or np.any(r < 0) or np.any(r > num_ranks):
@@ -326,24 +374,33 @@ def ecdf_uniformity(ranks, num_ranks: int, n_eval: int | None = None) -> Uniform
     return UniformityTest(g, float(min(1.0, max(p, 0.0))))
 
 
-def uniformity_tests(ranks, num_ranks: int, n_bins: int | None = None, n_eval: int | None = None) -> dict:
+def uniformity_tests(ranks, num_ranks: int, n_bins: int | None = None, n_eval: int | None = None,
+                     failed=None) -> dict:
     """Both tests for each quantity. ``ranks`` (S,) or (S, Q). Returns dict of (Q,) arrays:
-    ``chi2``, ``chi2_p``, ``ecdf_gamma``, ``ecdf_p``.
+    ``chi2``, ``chi2_p``, ``ecdf_gamma``, ``ecdf_p``, ``chi2_defined``, and ``n_replicates`` /
+    ``n_failed``: the replicates tested and those left out.
 
-    With too few replicates for >= 5 expected counts in 2 or more bins the chi-square test is
-    undefined: ``chi2`` and ``chi2_p`` are then NaN (``chi2_defined`` False), never a guess; the
-    ECDF test, exact for any S, is always computed."""
-    r = _check_ranks(ranks, num_ranks)
+    Replicates marked ``failed`` ((S,) bool) are left out (their ranks may be -1). With too few
+    replicates for >= 5 expected counts in 2 or more bins the chi-square test is undefined:
+    ``chi2`` and ``chi2_p`` are then NaN (``chi2_defined`` False), never a guess; the ECDF test,
+    exact for any S, is always computed."""
+    r = np.asarray(ranks)
     if r.ndim == 1:
         r = r[:, None]
     if r.ndim != 2:
         raise ValueError(f"ranks must be (S,) or (S, Q), got shape {np.shape(ranks)}")
+    f = _failed_mask(failed, r.shape[0])
+    if f.all():
+        raise ValueError(f"failed: all {f.size} replicates failed; no ranks to test")
+    r = _check_ranks(r[~f], num_ranks)
     out = {k: np.empty(r.shape[1]) for k in ("chi2", "chi2_p", "ecdf_gamma", "ecdf_p")}
     try:
         bins = chi2_bins(num_ranks, r.shape[0]) if n_bins is None else n_bins
     except ValueError:
         bins = None
     out["chi2_defined"] = np.full(r.shape[1], bins is not None)
+    out["n_replicates"] = np.full(r.shape[1], r.shape[0], dtype=np.int64)
+    out["n_failed"] = np.full(r.shape[1], int(f.sum()), dtype=np.int64)
     for q in range(r.shape[1]):
         c = chi2_uniformity(r[:, q], num_ranks, bins) if bins is not None else (np.nan, np.nan)
         e = ecdf_uniformity(r[:, q], num_ranks, n_eval)
@@ -446,28 +503,41 @@ def ecdf_simultaneous_band(
 # --------------------------------------------------------------------------- z-score, contraction
 
 
-def posterior_mean_sd(draws) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and sd per replicate over all non-leading axes of ``draws`` (S, ...)."""
-    d = _finite("draws", draws)
+def posterior_mean_sd(draws, failed=None) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd per replicate over all non-leading axes of ``draws`` (S, ...);
+    NaN for replicates marked ``failed``."""
+    d = as_array("draws", draws, finite=False)
     if d.ndim < 2:
         raise ValueError(f"draws must be (S, ...) with at least one draw axis, got shape {d.shape}")
-    flat = d.reshape(d.shape[0], -1)
+    f = _failed_mask(failed, d.shape[0])
+    as_array("draws", d, failed=f)
+    flat = np.where(f[:, None], 0.0, d.reshape(d.shape[0], -1))
     if flat.shape[1] < 2:
         raise ValueError("draws: at least 2 draws per replicate are needed for a posterior sd")
-    return flat.mean(axis=1), flat.std(axis=1, ddof=1)
+    mean, sd = flat.mean(axis=1), flat.std(axis=1, ddof=1)
+    return np.where(f, np.nan, mean), np.where(f, np.nan, sd)
 
 
-def zscore_contraction(true_values, draws, prior_var) -> tuple[np.ndarray, np.ndarray]:
+def zscore_contraction(true_values, draws, prior_var, failed=None) -> tuple[np.ndarray, np.ndarray]:
     """Posterior z-score ``(mean - true) / sd`` and contraction ``1 - post_var / prior_var``
     (Schad, Betancourt & Vasishth 2021). ``true_values`` (S,), ``draws`` (S, ...),
-    ``prior_var`` scalar or (S,) > 0. A zero posterior sd (all draws equal) raises."""
-    t = _finite("true_values", true_values, ndim=1)
-    mean, sd = posterior_mean_sd(draws)
+    ``prior_var`` scalar or (S,) > 0. Replicates marked ``failed`` get NaN; a zero posterior sd
+    (all draws equal) in another replicate raises, naming it (mark it failed: see
+    :func:`replicate_problems`)."""
+    t = as_array("true_values", true_values, ndim=1, finite=False)
+    mean, sd = posterior_mean_sd(draws, failed=failed)
     if mean.shape != t.shape:
         raise ValueError(f"draws has {mean.shape[0]} replicates but true_values has {t.shape[0]}")
-    pv = _finite("prior_var", prior_var)
+    f = _failed_mask(failed, t.shape[0])
+    as_array("true_values", t, failed=f)
+    pv = as_array("prior_var", prior_var)
     if np.any(pv <= 0):
         raise ValueError("prior_var must be > 0")
-    if np.any(sd == 0):
-        raise ValueError(f"draws: {int(np.sum(sd == 0))} replicate(s) have zero posterior sd (constant draws)")
-    return (mean - t) / sd, 1.0 - sd**2 / pv
+    zero = (sd == 0) & ~f
+    if np.any(zero):
+        raise ValueError(f"draws: {int(zero.sum())} replicate(s) have zero posterior sd (constant draws; first: "
+                         f"replicate {int(np.argmax(zero))}); mark them failed")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(f, np.nan, (mean - np.where(f, 0.0, t)) / np.where(f, 1.0, sd))
+        c = np.where(f, np.nan, 1.0 - sd**2 / pv)
+    return z, c
