@@ -26,18 +26,21 @@ import jax.numpy as jnp
 import scipy.integrate
 import scipy.stats
 
-from ._validation import as_finite_array, check_design, check_positive
-from .priors import PARAMS, Prior, ScalePrior
-from .simulate import _simulate_y
+from ._validation import as_array, as_finite_array, check_design, check_positive
+from .diagnostics import THRESHOLDS, chain_separation, rhat
 from .likelihoods import moments
+from .models import PARAMS
+from .priors import Prior, ScalePrior
+from .sbc import zscore_contraction
+from .simulate import simulate_y_unchecked
 
 THETA_NAMES = ("log_x_noise_lvl", "log_w_noise_lvl")
 
-# Thresholds (see docs/identifiability.md for the reasoning).
-RHAT_THRESHOLD = 1.05  # split rank-normalised R-hat above this: chains disagree
-CHAIN_SEPARATION_THRESHOLD = 3.0  # chain means further apart than this many within-chain sds
-SIGN_FRACTION_THRESHOLD = 0.01  # more than 1% of draws of the minority sign: ±σ mirror modes
-PRIOR_DOMINATED_THRESHOLD = 0.1  # log-scale contraction below this: data taught < 10% of prior var
+# Thresholds: the project's one table (diagnostics.THRESHOLDS; reasons in docs/identifiability.md).
+RHAT_THRESHOLD = THRESHOLDS["r_hat"]  # split rank-normalised R-hat above this: chains disagree
+CHAIN_SEPARATION_THRESHOLD = THRESHOLDS["chain_separation"]  # chain means this many within-chain sds apart
+SIGN_FRACTION_THRESHOLD = THRESHOLDS["sign_fraction"]  # more than 1% of draws of the minority sign: ±σ modes
+PRIOR_DOMINATED_THRESHOLD = THRESHOLDS["prior_dominated"]  # log-scale contraction below this
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ def _default_logpdf():
 
 def _simulate(key, x, w, sx, sw, y_noise, simulator):
     if simulator == "true":
-        return _simulate_y(key, x, w, sx, sw, y_noise)
+        return simulate_y_unchecked(key, x, w, sx, sw, y_noise)
     mean, var = moments(x, w, sx, sw, y_noise)
     return mean + jnp.sqrt(var) * jax.random.normal(key, mean.shape, dtype=x.dtype)
 
@@ -404,58 +407,11 @@ def prior_variances(scale_prior: ScalePrior) -> tuple[float, float]:
     raise ValueError(f"prior family must be 'lognormal', 'normal' or 'halfnormal', got {fam!r}")
 
 
-def _rank_rhat_batch(ary):
-    """Rank-normalised split R-hat (Vehtari et al. 2021), vectorised over a leading axis.
+def _diagnostics(draws, prior, true, chain_sep_threshold, rhat_threshold, prior_dominated_threshold):
+    """Shared core; draws: name -> (S, C, D) numpy arrays; returns dict of (S,) arrays.
 
-    ary: (S, C, D) with C >= 2 and D >= 4; reproduces ``arviz.rhat(ary[s])`` for every s.
-    """
-    s, c, d = ary.shape
-    half = d // 2
-    split = np.concatenate([ary[:, :, :half], ary[:, :, d - half:]], axis=1)  # (S, 2C, half)
-
-    def z_scale(a):
-        flat = a.reshape(s, -1)
-        rank = scipy.stats.rankdata(flat, method="average", axis=1)
-        z = scipy.stats.norm.ppf((rank - 3 / 8) / (flat.shape[1] - 2 * 3 / 8 + 1))
-        return z.reshape(a.shape)
-
-    def rhat(a):
-        n = a.shape[-1]
-        chain_mean = a.mean(axis=-1)
-        within = a.var(axis=-1, ddof=1).mean(axis=-1)
-        between = n * chain_mean.var(axis=-1, ddof=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.sqrt((between / within + n - 1) / n)
-
-    bulk = rhat(z_scale(split))
-    med = np.median(split.reshape(s, -1), axis=1)[:, None, None]
-    tail = rhat(z_scale(np.abs(split - med)))
-    out = np.maximum(bulk, tail)
-    return np.where(np.isfinite(out), out, np.inf)  # a chain that never moved: inf, not NaN
-
-
-def _as_chains(name, arr, batch):
-    arr = np.asarray(arr, dtype=float)
-    want = 3 if batch else 2
-    if arr.ndim != want:
-        dims = "(S, chain, draw)" if batch else "(chain, draw)"
-        raise ValueError(f"draws[{name!r}] must have shape {dims}, got {arr.shape}")
-    as_finite_array(f"draws[{name!r}]", arr)
-    if arr.shape[-1] < 8:
-        raise ValueError(f"draws[{name!r}] needs at least 8 draws per chain, got shape {arr.shape}")
-    return arr
-
-
-def _for_rhat(arr):
-    """(S, C, D) -> chains for R-hat: a single chain is split in two halves first."""
-    if arr.shape[1] >= 2:
-        return arr
-    half = arr.shape[2] // 2
-    return np.concatenate([arr[:, :, :half], arr[:, :, arr.shape[2] - half:]], axis=1)
-
-
-def _diagnostics(draws, prior, true, rhat_fn, chain_sep_threshold, rhat_threshold, prior_dominated_threshold):
-    """Shared core; draws: name -> (S, C, D) numpy arrays; returns dict of (S,) arrays."""
+    R-hat and chain separation come from :mod:`noisydot_sbc.diagnostics`, z-score and contraction
+    from :func:`noisydot_sbc.sbc.zscore_contraction` (on σ and on log|σ|)."""
     if not isinstance(prior, Prior):
         raise ValueError(f"prior must be a noisydot_sbc.priors.Prior, got {type(prior).__name__}")
     if true is not None and (not hasattr(true, "keys") or any(p not in true for p in PARAMS)):
@@ -479,30 +435,33 @@ def _diagnostics(draws, prior, true, rhat_fn, chain_sep_threshold, rhat_threshol
         logs[p] = la
         lflat = la.reshape(s_count, -1)
         var_p, var_l = prior_variances(getattr(prior, p))
-        post_var, post_var_l = flat.var(axis=1, ddof=1), lflat.var(axis=1, ddof=1)
-        res["contraction"][p] = 1 - post_var / var_p
-        res["contraction_log"][p] = 1 - post_var_l / var_l
-        res["prior_dominated"][p] = res["contraction_log"][p] < prior_dominated_threshold
-        res["post_mean"][p], res["post_sd"][p] = flat.mean(axis=1), np.sqrt(post_var)
-        res["rhat"][p] = rhat_fn(_for_rhat(a))
-        ch = _for_rhat(a)
-        means = ch.mean(axis=2)
-        within_sd = np.sqrt(ch.var(axis=2, ddof=1).mean(axis=1))
-        spread = means.max(axis=1) - means.min(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sep = np.where(within_sd > 0, spread / np.where(within_sd > 0, within_sd, 1.0),
-                           np.where(spread > 0, np.inf, 0.0))
-        res["chain_separation"][p] = sep
         if true is not None:
             t = np.asarray(true[p], dtype=float).reshape(-1)
             if t.shape[0] not in (1, s_count):
                 raise ValueError(f"true[{p!r}] must be a scalar or have {s_count} values, got shape {t.shape}")
             check_positive(f"true[{p!r}]", t)
-            sd = np.sqrt(post_var)
-            sd_l = np.sqrt(post_var_l)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                res["z_score"][p] = (flat.mean(axis=1) - t) / sd
-                res["z_score_log"][p] = (lflat.mean(axis=1) - np.log(t)) / sd_l
+            t = np.broadcast_to(t, (s_count,))
+        else:
+            t = np.ones(s_count)  # placeholder: only the contraction is kept
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sd = flat.std(axis=1, ddof=1)
+            sd_l = lflat.std(axis=1, ddof=1)
+        constant = (sd == 0) | (sd_l == 0)
+        z, c = zscore_contraction(t, flat, var_p, failed=constant)
+        z_l, c_l = zscore_contraction(np.log(t), lflat, var_l, failed=constant)
+        # constant draws (a chain that never moved): contraction 1, z-score ±inf (0 at the truth)
+        c, c_l = np.where(constant, 1.0, c), np.where(constant, 1.0, c_l)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(constant, (flat.mean(axis=1) - t) / sd, z)
+            z_l = np.where(constant, (lflat.mean(axis=1) - np.log(t)) / sd_l, z_l)
+        res["contraction"][p], res["contraction_log"][p] = c, c_l
+        res["prior_dominated"][p] = c_l < prior_dominated_threshold
+        res["post_mean"][p], res["post_sd"][p] = flat.mean(axis=1), sd
+        r = rhat(a)
+        res["rhat"][p] = np.where(np.isfinite(r), r, np.inf)  # a chain that never moved: inf, not NaN
+        res["chain_separation"][p] = chain_separation(a)
+        if true is not None:
+            res["z_score"][p], res["z_score_log"][p] = z, z_l
     lx = logs["x_noise_lvl"].reshape(logs["x_noise_lvl"].shape[0], -1)
     lw = logs["w_noise_lvl"].reshape(lx.shape[0], -1)
     lxc, lwc = lx - lx.mean(axis=1, keepdims=True), lw - lw.mean(axis=1, keepdims=True)
@@ -525,20 +484,22 @@ def _diagnostics(draws, prior, true, rhat_fn, chain_sep_threshold, rhat_threshol
 def _check_draws(draws, batch):
     if not isinstance(draws, dict) or any(p not in draws for p in PARAMS):
         raise ValueError(f"draws must be a dict with keys {PARAMS}, got {type(draws).__name__}")
-    out = {p: _as_chains(p, draws[p], batch) for p in PARAMS}
+    dims = "(S, chain, draw)" if batch else "(chain, draw)"
+    out = {}
+    for p in PARAMS:
+        arr = np.asarray(draws[p])
+        if arr.ndim != (3 if batch else 2):
+            raise ValueError(f"draws[{p!r}] must have shape {dims}, got {arr.shape}")
+        arr = as_array(f"draws[{p!r}]", arr, kind="f")
+        if arr.shape[-1] < 8:
+            raise ValueError(f"draws[{p!r}] needs at least 8 draws per chain, got shape {arr.shape}")
+        out[p] = arr
     if out["x_noise_lvl"].shape != out["w_noise_lvl"].shape:
         raise ValueError(
             f"draws['x_noise_lvl'] and draws['w_noise_lvl'] must have the same shape, got "
             f"{out['x_noise_lvl'].shape} and {out['w_noise_lvl'].shape}"
         )
     return out
-
-
-def _arviz_rhat_batch(ary):
-    import arviz
-
-    out = np.array([float(arviz.rhat(a)) for a in ary])
-    return np.where(np.isfinite(out), out, np.inf)
 
 
 def posterior_degeneracy(
@@ -572,8 +533,7 @@ def posterior_degeneracy(
     tr = None if true is None else {p: np.atleast_1d(np.asarray(true[p], dtype=float)) for p in PARAMS}
     if true is not None and any(tr[p].shape != (1,) for p in PARAMS):
         raise ValueError("true must map each parameter to a scalar")
-    res = _diagnostics(d, prior, tr, _arviz_rhat_batch, chain_sep_threshold, rhat_threshold,
-                       prior_dominated_threshold)
+    res = _diagnostics(d, prior, tr, chain_sep_threshold, rhat_threshold, prior_dominated_threshold)
     return _squeeze(res)
 
 
@@ -606,12 +566,11 @@ def posterior_degeneracy_batch(
     """:func:`posterior_degeneracy` vectorised over replicates; draws: name -> (S, chain, draw).
 
     ``true`` maps each parameter to an array (S,) (the SBC ground truths).  Every entry of the
-    result is an array (S,); R-hat uses a vectorised rank-normalised split R-hat that reproduces
-    arviz.rhat replicate by replicate.  Also returns summary fractions under ``"fraction"``.
+    result is an array (S,); R-hat is :func:`noisydot_sbc.diagnostics.rhat` (equal to arviz.rhat,
+    vectorised over replicates).  Also returns summary fractions under ``"fraction"``.
     """
     d = _check_draws(draws, batch=True)
-    res = _diagnostics(d, prior, true, _rank_rhat_batch, chain_sep_threshold, rhat_threshold,
-                       prior_dominated_threshold)
+    res = _diagnostics(d, prior, true, chain_sep_threshold, rhat_threshold, prior_dominated_threshold)
     res["fraction"] = {
         "multimodal": float(np.mean(res["multimodal"])),
         **{f"prior_dominated_{p}": float(np.mean(res["prior_dominated"][p])) for p in PARAMS},

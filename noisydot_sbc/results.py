@@ -6,21 +6,31 @@ in ``docs/sbc.md`` and encoded in :data:`SCHEMA`.
 Chunks: each finished batch of replicates is written as ``run_dir/chunk_00003.nc`` by writing a
 temporary file in the same folder and ``os.replace``-ing it (atomic on POSIX), so a killed run
 leaves either a complete chunk or a ``.tmp`` file that :func:`finished_chunks` ignores and removes.
-A run resumes by computing only the chunk indices not in :func:`finished_chunks`.
+A run resumes by computing only the chunk indices not in :func:`finished_chunks`; :func:`run_lock`
+keeps two runs in one folder from computing chunks at once.
+
+Diagnostics are whatever the inference method declared (see :mod:`noisydot_sbc.diagnostics`): the
+schema fixes the SBC variables only; the diagnostics derived from declared statistics take their
+dims and kind from ``diagnostics.DERIVED`` (or come as ``(dims, array)``), so a posterior without
+NUTS statistics makes a valid file without NUTS fields.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
 import re
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+
+from ._validation import as_array, atomic_write
+from .diagnostics import DERIVED
 
 __all__ = [
     "SCHEMA",
@@ -41,6 +51,10 @@ __all__ = [
     "save_measurements",
     "find_runs",
     "sweep_summary",
+    "summarize_run",
+    "run_lock",
+    "RunLocked",
+    "LOCK_NAME",
 ]
 
 # variable -> (dims, kind) with kind 'f' float, 'i' int, 'b' bool, 'U' str
@@ -52,23 +66,17 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
     "z_score": (("replicate", "parameter"), "f"),
     "contraction": (("replicate", "parameter"), "f"),
     "draws": (("replicate", "chain", "draw", "parameter"), "f"),
-    "diverging": (("replicate",), "i"),
-    "tree_depth_hits": (("replicate",), "i"),
-    "bfmi": (("replicate", "chain"), "f"),
-    "r_hat": (("replicate", "parameter"), "f"),
-    "ess_bulk": (("replicate", "parameter"), "f"),
-    "ess_tail": (("replicate", "parameter"), "f"),
-    "step_size": (("replicate", "chain"), "f"),
-    "mean_tree_depth": (("replicate",), "f"),
-    "n_steps": (("replicate",), "i"),
     "wall_time_share": (("replicate",), "f"),
     "failed": (("replicate",), "b"),
     "error": (("replicate",), "U"),
 }
+# diagnostics derived from declared statistics (present only when declared)
+SCHEMA.update({name: (("replicate",) + d.dims, d.kind) for name, d in DERIVED.items()})
+UNDEFINED_OK = ("r_hat", "ess_bulk", "ess_tail", "bfmi")  # NaN = undefined diagnostic (constant draws)
 REQUIRED_VARS = ("true", "rank", "failed")
 REQUIRED_ATTRS = ("num_ranks",)
-DEFAULT_ATTRS = {"config_yaml": "", "seed": -1, "model": "", "prior": "", "chain_method": ""}
-_KIND_NAMES = {"f": "float", "i": "integer", "b": "bool", "U": "string"}
+DEFAULT_ATTRS = {"config_yaml": "", "seed": -1, "model": "", "prior": "", "chain_method": "", "inference": ""}
+LOCK_NAME = "run.lock"
 _CHUNK_RE = re.compile(r"^chunk_(\d{5,})\.nc$")
 _TMP_RE = re.compile(r"^\.chunk_(\d{5,})\.nc\.(\d+)\..*\.tmp$")
 
@@ -87,39 +95,20 @@ def package_versions() -> dict:
     return out
 
 
-def _coerce(name: str, value, kind: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if kind == "U":
-        if arr.dtype.kind not in "UO":
-            raise ValueError(f"{name} must hold strings, got dtype {arr.dtype}")
-        return np.array([str(v) for v in arr.ravel()], dtype=object).reshape(arr.shape)
-    if kind == "b":
-        if arr.dtype != bool:
-            if arr.dtype.kind in "iu" and np.all((arr == 0) | (arr == 1)):
-                return arr.astype(bool)
-            raise ValueError(f"{name} must be bool, got dtype {arr.dtype}")
-        return arr
-    if kind == "i":
-        if arr.dtype.kind not in "iub":
-            if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-                return arr.astype(np.int64)
-            raise ValueError(f"{name} must be integer, got dtype {arr.dtype}")
-        return arr.astype(np.int64)
-    if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    return arr.astype(np.float64) if arr.dtype.kind != "f" else arr
-
-
-def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict) -> xr.Dataset:
+def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict, descriptions: dict | None = None) -> xr.Dataset:
     """Assemble and validate one SBC Dataset (a chunk or a whole run).
 
     ``arrays``: variable name -> numpy array, for the names in :data:`SCHEMA` (``true``, ``rank``
-    and ``failed`` required); extra variables may be given as ``(dims, array)`` tuples.
+    and ``failed`` required) and for the diagnostics of ``diagnostics.DERIVED``; extra variables
+    (e.g. a declared replicate-level statistic) as ``(dims, array)`` tuples, e.g. from
+    ``Diagnostics.variables()``. ``descriptions``: name -> text, stored as each variable's
+    ``description`` attribute (``Diagnostics.descriptions``).
     ``coords``: ``quantity`` and ``parameter`` (lists of names) are required; ``replicate``
     (global replicate indices, default ``0..S-1``) optional. Sizes of ``chain``/``draw`` come
     from the arrays. ``attrs``: ``num_ranks`` (L) required; ``config_yaml``, ``seed``, ``model``,
-    ``prior``, ``chain_method`` default to empty/-1; ``versions`` and ``created`` are filled in.
-    Every inconsistency raises ValueError naming the variable."""
+    ``prior``, ``chain_method``, ``inference`` default to empty/-1; ``versions`` and ``created``
+    are filled in. Failed replicates may hold NaN and rank -1. Every inconsistency raises
+    ValueError naming the variable."""
     if not isinstance(arrays, dict) or not arrays:
         raise ValueError("arrays must be a non-empty dict of variable name -> array")
     missing = [v for v in REQUIRED_VARS if v not in arrays]
@@ -149,8 +138,10 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict) -> xr.Dataset:
         if name in SCHEMA:
             dims, kind = SCHEMA[name]
             if isinstance(value, tuple):
-                raise ValueError(f"{name} is a schema variable: pass the array, not (dims, array)")
-            arr = _coerce(name, value, kind)
+                if tuple(value[0]) != dims:
+                    raise ValueError(f"{name} is a schema variable with dims {dims}, got (dims, array) with {tuple(value[0])}")
+                value = value[1]
+            arr = as_array(name, value, kind=kind, finite=False, allow_empty=True)
         else:
             if not (isinstance(value, tuple) and len(value) == 2):
                 raise ValueError(f"{name} is not in the schema: pass it as (dims, array)")
@@ -168,13 +159,13 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict) -> xr.Dataset:
 
     failed = data_vars["failed"][1]
     rank = data_vars["rank"][1]
-    if np.any(rank < 0) or np.any(rank > num_ranks):
-        raise ValueError(f"rank must be in 0..num_ranks={num_ranks}")
+    bad_rank = ((rank < 0) | (rank > num_ranks)).reshape(rank.shape[0], -1).any(axis=1) & ~failed
+    if np.any(bad_rank):
+        raise ValueError(f"rank must be in 0..num_ranks={num_ranks} in replicates not marked failed "
+                         f"(first: replicate {int(np.argmax(bad_rank))})")
     for name, (dims, arr) in data_vars.items():
-        if arr.dtype.kind == "f" and dims and dims[0] == "replicate":
+        if arr.dtype.kind == "f" and dims and dims[0] == "replicate" and name not in UNDEFINED_OK:
             bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1) & ~failed
-            if name in ("r_hat", "ess_bulk", "ess_tail", "bfmi"):
-                continue  # NaN = undefined diagnostic (constant draws); documented
             if np.any(bad):
                 raise ValueError(
                     f"{name} has non-finite values in {int(bad.sum())} replicate(s) not marked failed "
@@ -204,7 +195,11 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict) -> xr.Dataset:
             full_attrs[k] = ""
         elif not isinstance(v, (str, int, float, np.integer, np.floating)):
             raise ValueError(f"attrs['{k}'] must be a str or number (netCDF attribute), got {type(v).__name__}")
-    return xr.Dataset(data_vars, coords=c_all, attrs=full_attrs)
+    ds = xr.Dataset(data_vars, coords=c_all, attrs=full_attrs)
+    for name, text in (descriptions or {}).items():
+        if name in ds.variables and text:
+            ds[name].attrs["description"] = str(text)
+    return ds
 
 
 # --------------------------------------------------------------------------- files
@@ -218,20 +213,8 @@ def _encoding(ds: xr.Dataset) -> dict:
     return enc
 
 
-def _atomic_to_netcdf(ds: xr.Dataset, path: Path, tmp_prefix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{tmp_prefix}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _atomic_to_netcdf(ds: xr.Dataset, path: Path) -> None:
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds)))
 
 
 def save_dataset(ds: xr.Dataset, path) -> Path:
@@ -240,7 +223,7 @@ def save_dataset(ds: xr.Dataset, path) -> Path:
     if not isinstance(ds, xr.Dataset):
         raise ValueError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
     path = Path(path)
-    _atomic_to_netcdf(ds, path, f".{path.name}")
+    _atomic_to_netcdf(ds, path)
     return path
 
 
@@ -270,8 +253,45 @@ def write_chunk(ds: xr.Dataset, run_dir, chunk_index: int) -> Path:
     path = _chunk_path(run_dir, chunk_index)
     if not isinstance(ds, xr.Dataset):
         raise ValueError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
-    _atomic_to_netcdf(ds, path, f".{path.name}")
+    _atomic_to_netcdf(ds, path)
     return path
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run folder's lock (see :func:`run_lock`)."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir, wait: bool = False):
+    """Hold the exclusive lock of ``run_dir`` (``fcntl.flock`` on ``run_dir/run.lock``) for the
+    ``with`` block, so that two runs in one folder never compute chunks at once.
+
+    ``wait=False``: if another process holds it, raise :class:`RunLocked` at once with a one-line
+    message naming the folder and the holder's pid; ``wait=True``: block until it is free. The
+    lock goes with the process (a killed run frees it); the lock file stays (deleting it would
+    race with a waiting run). Yields the lock file's path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLocked(
+                f"run folder {str(run_dir)!r} is in use by another run (pid {holder}); wait for it to finish, "
+                "or choose another run folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -389,8 +409,18 @@ def load_measurements(path, weights_path=None) -> tuple[np.ndarray, np.ndarray, 
         missing = [v for v in ("x", "w", "y") if v not in ds.variables]
         if missing:
             raise ValueError(f"{path.name}: missing variable(s) {missing}; expected x (obs, input), w (input), y (obs)")
-        x, w, y = (np.asarray(ds[v].values, dtype=float) for v in ("x", "w", "y"))
-        return _check_xwy(x, w, y, path.name)
+        want = {"x": ("obs", "input"), "w": ("input",), "y": ("obs",)}
+        out = []
+        for v, dims in want.items():
+            da = ds[v]
+            if set(da.dims) != set(dims) or len(da.dims) != len(dims):
+                raise ValueError(f"{path.name}: variable {v} has dims {da.dims}; expected {dims} (dims are read by name)")
+            da = da.transpose(*dims)
+            try:
+                out.append(np.asarray(da.values, dtype=float))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path.name}: variable {v} is not numeric (dtype {da.dtype}): {exc}") from None
+        return _check_xwy(*out, path.name)
     if suffix == ".csv":
         import pandas as pd
 
@@ -420,22 +450,30 @@ def load_measurements(path, weights_path=None) -> tuple[np.ndarray, np.ndarray, 
             raise ValueError(f"{wpath.name}: columns must be {wcols} (to match x_0..x_{m - 1}), got {list(wdf.columns)}")
         if len(wdf) != 1:
             raise ValueError(f"{wpath.name}: must hold exactly one row of weights, got {len(wdf)}")
-        try:
-            x = df[want].to_numpy(dtype=float)
-            y = df["y"].to_numpy(dtype=float)
-            w = wdf[wcols].to_numpy(dtype=float)[0]
-        except ValueError as exc:
-            raise ValueError(f"{path.name}: non-numeric values: {exc}") from exc
+        for name, frame, cols in ((path.name, df, want + ["y"]), (wpath.name, wdf, wcols)):
+            for c in cols:
+                try:
+                    frame[c].to_numpy(dtype=float)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{name}: column {c} is not numeric: {exc}") from None
+        x = df[want].to_numpy(dtype=float)
+        y = df["y"].to_numpy(dtype=float)
+        w = wdf[wcols].to_numpy(dtype=float)[0]
         return _check_xwy(x, w, y, path.name)
     raise ValueError(f"path {str(path)!r}: unsupported file type {suffix!r}; use .nc or .csv")
 
 
+MEASUREMENT_DIMS = {"y": ["obs"], "x": ["obs", "input"], "w": ["input"]}
+
+
 def write_posterior(samples: dict, sample_stats: dict | None, path, observed: dict | None = None,
-                    constant_data: dict | None = None, attrs: dict | None = None) -> Path:
+                    constant_data: dict | None = None, attrs: dict | None = None, dims: dict | None = None) -> Path:
     """Write an ArviZ-compatible InferenceData netCDF (groups posterior, sample_stats,
     observed_data, constant_data) via ``arviz.from_dict(...).to_netcdf``, atomically.
 
-    ``samples``: site -> (chain, draw, ...); ``sample_stats``: ArviZ names -> (chain, draw)."""
+    ``samples``: site -> (chain, draw, ...); ``sample_stats``: ArviZ names -> (chain, draw).
+    ``dims``: variable -> dim names beyond (chain, draw); the measurements ``y``, ``x``, ``w`` get
+    ``obs`` / ``input`` (:data:`MEASUREMENT_DIMS`) unless given."""
     import arviz as az
 
     if not samples:
@@ -452,25 +490,18 @@ def write_posterior(samples: dict, sample_stats: dict | None, path, observed: di
     for k, v in (sample_stats or {}).items():
         if np.shape(v)[:2] != next(iter(cd)):
             raise ValueError(f"sample_stats[{k!r}] has shape {np.shape(v)}, expected (chain, draw) = {next(iter(cd))}")
+    names = set(samples) | set(observed or {}) | set(constant_data or {})
+    all_dims = {k: v for k, v in MEASUREMENT_DIMS.items() if k in names}
+    all_dims.update(dims or {})
     idata = az.from_dict(
         posterior={k: np.asarray(v) for k, v in samples.items()},
         sample_stats={k: np.asarray(v) for k, v in (sample_stats or {}).items()} or None,
         observed_data={k: np.asarray(v) for k, v in observed.items()} if observed else None,
         constant_data={k: np.asarray(v) for k, v in constant_data.items()} if constant_data else None,
         attrs=attrs,
+        dims=all_dims or None,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(Path(path), lambda tmp: idata.to_netcdf(str(tmp)))
 
 
 def add_variables(ds: xr.Dataset, variables: dict) -> xr.Dataset:
@@ -576,15 +607,17 @@ def sweep_summary(paths) -> xr.Dataset:
     for p in paths:
         ds = load_dataset(p)
         ok = ~np.asarray(ds["failed"].values, bool)
-        ess = np.asarray(ds["ess_bulk"].values).min(axis=1)
-        t = np.asarray(ds["wall_time_share"].values)
+        n = ds.sizes["replicate"]
+        ess = np.asarray(ds["ess_bulk"].values).min(axis=1) if "ess_bulk" in ds else np.full(n, np.nan)
+        t = np.asarray(ds["wall_time_share"].values) if "wall_time_share" in ds else np.full(n, np.nan)
         rows.append({
             "model": str(ds.attrs.get("model", "?")), "prior": str(ds.attrs.get("prior", "?")),
             "quantity": [str(q) for q in ds["quantity"].values],
             "ecdf_p": np.asarray(ds["ecdf_p"].values, dtype=float) if "ecdf_p" in ds else None,
-            "divergent_fraction": float(np.mean(ds["diverging"].values[ok] > 0)) if ok.any() else np.nan,
+            "divergent_fraction": float(np.mean(ds["diverging"].values[ok] > 0))
+            if ok.any() and "diverging" in ds else np.nan,
             "failed_fraction": float(np.mean(~ok)),
-            "ess_bulk_per_s": float(np.nanmedian((ess / t)[ok])) if ok.any() else np.nan,
+            "ess_bulk_per_s": float(np.nanmedian((ess / t)[ok])) if ok.any() and np.isfinite(ess / t).any() else np.nan,
             "contraction_w": float(np.nanmedian(ds["contraction_log"].sel(parameter="w_noise_lvl").values[ok]))
             if "contraction_log" in ds else np.nan,
             "contraction_x": float(np.nanmedian(ds["contraction_log"].sel(parameter="x_noise_lvl").values[ok]))
@@ -614,3 +647,63 @@ def sweep_summary(paths) -> xr.Dataset:
         {**{k: (("model", "prior"), v) for k, v in data.items()}, "ecdf_p": (("model", "prior", "quantity"), ecdf)},
         coords={"model": models, "prior": priors, "quantity": quantities},
     )
+
+
+def summarize_run(ds) -> dict:
+    """One SBC run (a results Dataset or the path of a results.nc) as a row of figures.
+
+    Keys: ``model``, ``prior``, ``inference``, ``num_ranks``; ``replicates`` (all) and ``failed``;
+    per quantity q ``ecdf_p_<q>`` (ECDF uniformity test over the non-failed replicates) and
+    ``coverage90_<q>`` (fraction of non-failed replicates whose true value lies in the central
+    90% posterior interval, read from the rank: normalised rank (rank + 1/2)/(L + 1) in
+    (0.05, 0.95)), with ``coverage90_expected`` its exact value under calibration for this L;
+    per parameter p ``z_mean_<p>`` / ``z_sd_<p>`` (mean and sd of the posterior z-scores),
+    ``contraction_<p>`` (median posterior contraction) and, when stored, ``contraction_log_<p>``
+    (median log-scale contraction); ``divergent_fraction`` (fits with any divergent transition;
+    NaN when the inference method declares no divergences); ``seconds_per_fit`` (mean wall-time
+    share of a non-failed fit; NaN when not stored). Failed replicates enter only ``failed``."""
+    from . import sbc
+
+    if not isinstance(ds, xr.Dataset):
+        ds = load_dataset(ds)
+    for v in REQUIRED_VARS:
+        if v not in ds.variables:
+            raise ValueError(f"ds is missing the variable {v!r}; not an SBC results Dataset")
+    L = int(ds.attrs["num_ranks"])
+    failed = np.asarray(ds["failed"].values, bool)
+    ok = ~failed
+    row = {"model": str(ds.attrs.get("model", "")), "prior": str(ds.attrs.get("prior", "")),
+           "inference": str(ds.attrs.get("inference", "")), "num_ranks": L,
+           "replicates": int(failed.size), "failed": int(failed.sum())}
+    quantities = [str(q) for q in ds["quantity"].values]
+    ranks = np.asarray(ds["rank"].transpose("replicate", "quantity").values)
+    ecdf = sbc.uniformity_tests(ranks, L, failed=failed)["ecdf_p"] if ok.any() else np.full(len(quantities), np.nan)
+    def inside(r):
+        u = (np.asarray(r) + 0.5) / (L + 1)
+        return (u > 0.05) & (u < 0.95)
+
+    row["coverage90_expected"] = float(np.mean(inside(np.arange(L + 1))))
+    for j, q in enumerate(quantities):
+        row[f"ecdf_p_{q}"] = float(ecdf[j])
+        row[f"coverage90_{q}"] = float(np.mean(inside(ranks[ok, j]))) if ok.any() else np.nan
+
+    def median_ok(var, p):
+        if var not in ds.variables or not ok.any():
+            return np.nan
+        v = np.asarray(ds[var].sel(parameter=p).values, dtype=float)[ok]
+        return float(np.median(v))
+
+    for p in [str(p) for p in ds["parameter"].values]:
+        if "z_score" in ds.variables and ok.any():
+            z = np.asarray(ds["z_score"].sel(parameter=p).values, dtype=float)[ok]
+            row[f"z_mean_{p}"], row[f"z_sd_{p}"] = float(np.mean(z)), float(np.std(z, ddof=1)) if z.size > 1 else np.nan
+        else:
+            row[f"z_mean_{p}"] = row[f"z_sd_{p}"] = np.nan
+        row[f"contraction_{p}"] = median_ok("contraction", p)
+        if "contraction_log" in ds.variables:
+            row[f"contraction_log_{p}"] = median_ok("contraction_log", p)
+    row["divergent_fraction"] = (float(np.mean(np.asarray(ds["diverging"].values)[ok] > 0))
+                                 if "diverging" in ds.variables and ok.any() else np.nan)
+    row["seconds_per_fit"] = (float(np.mean(np.asarray(ds["wall_time_share"].values, dtype=float)[ok]))
+                              if "wall_time_share" in ds.variables and ok.any() else np.nan)
+    return row

@@ -86,8 +86,10 @@ def test_build_validation_names_the_variable():
     with pytest.raises(ValueError, match="posterior_sd.*not marked failed"):
         results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
     a = make_arrays()
-    a["rank"][0, 0] = 10
-    with pytest.raises(ValueError, match="rank"):
+    a["rank"][0, 0] = -1  # replicate 0 failed: its rank is a placeholder
+    results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
+    a["rank"][2, 0] = 10
+    with pytest.raises(ValueError, match="rank.*replicate 2"):
         results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
     a = make_arrays()
     del a["failed"]
@@ -186,7 +188,7 @@ def test_load_measurements_netcdf_and_csv(tmp_path):
     with pytest.raises(ValueError, match=r"missing variable\(s\) \['w'\]"):
         results.load_measurements(tmp_path / "n.nc")
     xr.Dataset({"x": (("obs", "input"), x), "w": (("k",), w[:2]), "y": (("obs",), y)}).to_netcdf(tmp_path / "s.nc")
-    with pytest.raises(ValueError, match="w must have shape"):
+    with pytest.raises(ValueError, match=r"s.nc: variable w has dims \('k',\); expected \('input',\)"):
         results.load_measurements(tmp_path / "s.nc")
     (tmp_path / "a.txt").write_text("1")
     with pytest.raises(ValueError, match="unsupported"):
@@ -210,3 +212,131 @@ def test_write_posterior_is_arviz_readable(tmp_path):
         results.write_posterior({"x_noise_lvl": np.full((1, 5), np.nan)}, None, tmp_path / "p2.nc")
     assert not os.path.exists(tmp_path / "p2.nc")
     assert not list(Path(tmp_path).glob("*.tmp"))
+
+
+def test_load_measurements_reads_dims_by_name(tmp_path):
+    """Issue 12 item 7: x stored as (input, obs) with N = M was fitted transposed; now transposed
+    by name, and unknown dims are refused naming the file and the variable."""
+    rng = np.random.default_rng(1)
+    x, w = rng.normal(size=(3, 3)), rng.normal(size=3)
+    y = x @ w
+    nc = tmp_path / "t.nc"
+    xr.Dataset({"x": (("input", "obs"), x.T), "w": (("input",), w), "y": (("obs",), y)}).to_netcdf(nc)
+    got_x, got_w, got_y = results.load_measurements(nc)
+    np.testing.assert_array_equal(got_x, x)
+    xr.Dataset({"x": (("a", "b"), x), "w": (("input",), w), "y": (("obs",), y)}).to_netcdf(tmp_path / "u.nc")
+    with pytest.raises(ValueError, match=r"u.nc: variable x has dims \('a', 'b'\)"):
+        results.load_measurements(tmp_path / "u.nc")
+
+
+def test_non_numeric_values_name_file_and_variable(tmp_path):
+    x, w = np.ones((2, 2)), np.ones(2)
+    nc = tmp_path / "s.nc"
+    xr.Dataset({"x": (("obs", "input"), x), "w": (("input",), w),
+                "y": (("obs",), np.array(["1.0", "abc"], dtype=object))}).to_netcdf(nc)
+    with pytest.raises(ValueError, match="s.nc: variable y is not numeric"):
+        results.load_measurements(nc)
+    import pandas as pd
+
+    pd.DataFrame({"x_0": [1.0, 2.0], "y": ["0.5", "oops"]}).to_csv(tmp_path / "c.csv", index=False)
+    pd.DataFrame({"w_0": [1.0]}).to_csv(tmp_path / "c_w.csv", index=False)
+    with pytest.raises(ValueError, match="c.csv: column y is not numeric"):
+        results.load_measurements(tmp_path / "c.csv")
+
+
+def test_write_posterior_names_measurement_dims(tmp_path):
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    samples = {"x_noise_lvl": rng.lognormal(size=(2, 20))}
+    path = results.write_posterior(samples, None, tmp_path / "post.nc", observed={"y": rng.normal(size=7)},
+                                   constant_data={"x": rng.normal(size=(7, 3)), "w": np.ones(3)})
+    idata = az.from_netcdf(path)
+    assert idata.observed_data["y"].dims == ("obs",)
+    assert idata.constant_data["x"].dims == ("obs", "input")
+    assert idata.constant_data["w"].dims == ("input",)
+
+
+def test_run_lock_refuses_or_waits(tmp_path):
+    """Two runs in one folder: the second refuses at once (one line, naming the holder), or
+    waits for the first with wait=True. flock locks belong to the open file, so a second open in
+    this process contends exactly as another process would."""
+    import threading
+
+    run = tmp_path / "run"
+    with results.run_lock(run) as lock_file:
+        assert lock_file.read_text().strip() == str(os.getpid())
+        with pytest.raises(results.RunLocked, match=f"in use by another run \\(pid {os.getpid()}\\)") as err:
+            with results.run_lock(run):
+                pass
+        assert "\n" not in str(err.value)
+    with results.run_lock(run):  # released: free again
+        pass
+    order = []
+    release = threading.Event()
+    held = threading.Event()
+
+    def first():
+        with results.run_lock(run):
+            held.set()
+            release.wait(30)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert held.wait(30)
+    threading.Timer(0.2, release.set).start()
+    with results.run_lock(run, wait=True):
+        order.append("second in")
+    t.join(30)
+    assert order == ["first done", "second in"]
+
+
+def _quadrature_like_ds(failed_idx=(1,)):
+    rng = np.random.default_rng(3)
+    s, l_ = 40, 19
+    failed = np.zeros(s, bool)
+    failed[list(failed_idx)] = True
+    rank = rng.integers(0, l_ + 1, size=(s, 2))
+    rank[failed] = -1
+    z = rng.normal(size=(s, 2))
+    z[failed] = np.nan
+    arrays = {"true": rng.normal(size=(s, 2)), "rank": rank, "failed": failed,
+              "error": np.array(["no finite point" if f else "" for f in failed], dtype=object),
+              "z_score": z, "contraction": np.where(failed[:, None], np.nan, rng.uniform(0.5, 1, size=(s, 2))),
+              "log_marginal": (("replicate",), np.where(failed, np.nan, rng.normal(size=s))),
+              "certified": (("replicate",), ~failed)}
+    return results.build_sbc_dataset(arrays, {"quantity": PARAMS, "parameter": PARAMS},
+                                     {"num_ranks": l_, "inference": "quadrature"},
+                                     descriptions={"log_marginal": "log evidence"})
+
+
+def test_quadrature_results_without_nuts_fields_round_trip(tmp_path):
+    ds = _quadrature_like_ds()
+    assert not {"diverging", "bfmi", "tree_depth_hits", "step_size", "n_steps"} & set(ds.variables)
+    back = results.load_dataset(results.save_dataset(ds, tmp_path / "results.nc"))
+    assert back["log_marginal"].attrs["description"] == "log evidence"
+    assert back.attrs["inference"] == "quadrature" and back["rank"].values[1, 0] == -1
+
+
+def test_summarize_run_row():
+    from noisydot_sbc import sbc
+
+    ds = _quadrature_like_ds(failed_idx=(1, 5))
+    row = results.summarize_run(ds)
+    ok = ~ds["failed"].values
+    r = ds["rank"].values[ok]
+    assert row["replicates"] == 40 and row["failed"] == 2 and row["inference"] == "quadrature"
+    assert row["ecdf_p_x_noise_lvl"] == pytest.approx(sbc.ecdf_uniformity(r[:, 0], 19).p_value)
+    # L = 19: normalised ranks (r + 1/2)/20 in (0.05, 0.95) means r in 1..18: 18 of 20 values
+    assert row["coverage90_expected"] == pytest.approx(0.9)
+    assert row["coverage90_w_noise_lvl"] == pytest.approx(np.mean((r[:, 1] >= 1) & (r[:, 1] <= 18)))
+    z = ds["z_score"].values[ok, 0]
+    assert row["z_mean_x_noise_lvl"] == pytest.approx(z.mean()) and row["z_sd_x_noise_lvl"] == pytest.approx(z.std(ddof=1))
+    assert row["contraction_w_noise_lvl"] == pytest.approx(np.median(ds["contraction"].values[ok, 1]))
+    assert np.isnan(row["divergent_fraction"]) and np.isnan(row["seconds_per_fit"])
+    nuts = make_ds()
+    row = results.summarize_run(nuts)
+    ok = ~nuts["failed"].values
+    assert row["divergent_fraction"] == pytest.approx(np.mean(nuts["diverging"].values[ok] > 0))
+    assert row["seconds_per_fit"] == pytest.approx(nuts["wall_time_share"].values[ok].mean())
