@@ -3,7 +3,10 @@
 Each function takes the Dataset built by :mod:`noisydot_sbc.results` and returns a
 ``matplotlib.figure.Figure``. Figures are made without pyplot (``Figure()`` with the Agg canvas),
 so nothing here changes the global backend or leaks open figures; save with ``fig.savefig``.
-Failed replicates (``failed == True``) are left out of every panel, and the count is shown.
+Failed replicates (``failed == True``) are left out of every panel, and every figure's title
+says how many were left out. Diagnostics panels show what the inference method declared (no
+divergence panel without declared divergences); warning lines come from
+``diagnostics.THRESHOLDS``.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from . import sbc
+from .diagnostics import THRESHOLDS
 
 __all__ = ["plot_ecdf", "plot_rank_histograms", "plot_zscore_contraction", "plot_diagnostics", "plot_ppc",
            "plot_degeneracy_map", "plot_sweep_summary"]
@@ -41,6 +45,11 @@ def _ok(ds) -> np.ndarray:
     if not ok.any():
         raise ValueError("ds: every replicate failed; nothing to plot")
     return ok
+
+
+def _n_failed_note(ok) -> str:
+    n_failed = int((~ok).sum())
+    return f", {n_failed} failed excluded" if n_failed else ""
 
 
 def _fmt_p(p: float) -> str:
@@ -108,9 +117,8 @@ def plot_ecdf(ds, difference: bool = True, split_divergent: bool = False, alpha:
         ax.set_ylabel("ECDF − z" if difference else "ECDF")
         ax.set_xlim(0, 1)
     _figure_legend(fig, axes[0])
-    n_failed = int((~ok).sum())
     fig.suptitle(f"SBC rank ECDF{' difference' if difference else ''}  (L={num_ranks}, "
-                 f"{n} replicates{f', {n_failed} failed excluded' if n_failed else ''})", fontsize=11)
+                 f"{n} replicates{_n_failed_note(ok)})", fontsize=11)
     return fig
 
 
@@ -146,7 +154,7 @@ def plot_rank_histograms(ds, n_bins: int | None = None, band: float = 0.99) -> F
         ax.set_xlabel(f"rank (0..{num_ranks}, {n_bins} bins)")
         ax.set_ylabel("replicates")
     _figure_legend(fig, axes[0])
-    fig.suptitle(f"SBC rank histograms ({n} replicates)", fontsize=11)
+    fig.suptitle(f"SBC rank histograms ({n} replicates{_n_failed_note(ok)})", fontsize=11)
     return fig
 
 
@@ -172,54 +180,78 @@ def plot_zscore_contraction(ds) -> Figure:
         ax.set_ylabel("posterior z-score")
         ax.set_title(f"{name}  (|z| > 2: {np.mean(np.abs(z) > 2):.1%})", fontsize=10)
     _figure_legend(fig, axes[0])
-    fig.suptitle("Posterior z-score vs contraction", fontsize=11)
+    fig.suptitle(f"Posterior z-score vs contraction ({int(ok.sum())} replicates{_n_failed_note(ok)})", fontsize=11)
     return fig
 
 
+def _declared_replicate_vars(ds) -> list[str]:
+    """Replicate-level statistics a method declared (stored with a ``description`` attribute)."""
+    known = {"diverging", "r_hat", "ess_bulk", "ess_tail", "bfmi"}
+    return [str(v) for v in ds.data_vars if v not in known and ds[v].dims == ("replicate",)
+            and "description" in ds[v].attrs and ds[v].dtype.kind in "fiub"]
+
+
 def plot_diagnostics(ds) -> Figure:
-    """Distributions over replicates of divergences, R-hat, bulk ESS and tail ESS (per parameter),
-    and E-BFMI, with the usual warning thresholds (R-hat 1.01, ESS 400, E-BFMI 0.3)."""
-    _check(ds, ["diverging", "r_hat", "ess_bulk", "ess_tail"])
+    """Distributions over replicates of the diagnostics present: divergences, R-hat, bulk and
+    tail ESS (per parameter), E-BFMI, with the warning thresholds of
+    ``diagnostics.THRESHOLDS`` (R-hat 1.01, ESS 400, E-BFMI 0.3), and one panel per declared
+    replicate-level statistic (e.g. a quadrature posterior's ``error_estimate``; bool ones as
+    the fraction True). Only what is stored is drawn; a Dataset with none of these raises."""
     ok = _ok(ds)
-    has_bfmi = "bfmi" in ds.variables
-    fig, axes = _figure(5 if has_bfmi else 4, ncols=3 if has_bfmi else 2)
     params = [str(p) for p in ds["parameter"].values]
-    pal = sns.color_palette("deep", len(params))
-
-    ax = axes[0]
-    d = np.asarray(ds["diverging"].values)[ok]
-    ax.hist(d, bins=np.arange(d.max() + 2) - 0.5 if d.max() < 30 else 30, color=pal[0], edgecolor="white")
-    ax.set_title(f"divergences per fit ({np.mean(d > 0):.1%} of fits have any)", fontsize=10)
-    ax.set_xlabel("divergent transitions")
-    ax.set_ylabel("replicates")
-
-    for ax, var, thr, label in (
-        (axes[1], "r_hat", 1.01, "R-hat (rank-normalised split)"),
-        (axes[2], "ess_bulk", 400, "bulk ESS"),
-        (axes[3], "ess_tail", 400, "tail ESS"),
-    ):
-        vals = np.asarray(ds[var].values)[ok]
-        for j, name in enumerate(params):
-            v = vals[:, j]
-            v = v[np.isfinite(v)]
-            if v.size:
-                sns.histplot(v, ax=ax, color=pal[j], label=name, element="step", fill=False, bins=30)
-        ax.axvline(thr, color="firebrick", ls="--", lw=1, label=f"threshold {thr}")
-        n_undef = int(np.sum(~np.isfinite(vals)))
-        ax.set_title(label + (f" ({n_undef} undefined)" if n_undef else ""), fontsize=10)
-        ax.set_xlabel(var)
-        ax.set_ylabel("replicates")
-        ax.legend(fontsize=7)
-    if has_bfmi:
-        ax = axes[4]
-        b = np.asarray(ds["bfmi"].values)[ok].ravel()
-        sns.histplot(b[np.isfinite(b)], ax=ax, bins=30, color=pal[0])
-        ax.axvline(0.3, color="firebrick", ls="--", lw=1, label="threshold 0.3")
-        ax.set_title("E-BFMI per chain", fontsize=10)
-        ax.set_xlabel("E-BFMI")
-        ax.set_ylabel("chains")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"MCMC diagnostics over {int(ok.sum())} fits", fontsize=11)
+    pal = sns.color_palette("deep", max(2, len(params)))
+    panels = [v for v in ("diverging", "r_hat", "ess_bulk", "ess_tail", "bfmi") if v in ds.variables]
+    panels += _declared_replicate_vars(ds)
+    if not panels:
+        raise ValueError("ds holds no diagnostics to plot (none of diverging, r_hat, ess_bulk, ess_tail, bfmi, "
+                         "nor a declared replicate-level statistic)")
+    fig, axes = _figure(len(panels), ncols=min(3, len(panels)))
+    labels = {"r_hat": "R-hat (rank-normalised split)", "ess_bulk": "bulk ESS", "ess_tail": "tail ESS"}
+    for ax, var in zip(axes, panels):
+        if var == "diverging":
+            d = np.asarray(ds["diverging"].values)[ok]
+            ax.hist(d, bins=np.arange(d.max() + 2) - 0.5 if d.max() < 30 else 30, color=pal[0], edgecolor="white")
+            ax.set_title(f"divergences per fit ({np.mean(d > 0):.1%} of fits have any)", fontsize=10)
+            ax.set_xlabel("divergent transitions")
+            ax.set_ylabel("replicates")
+        elif var in labels:
+            thr = THRESHOLDS[var]
+            vals = np.asarray(ds[var].transpose("replicate", "parameter").values)[ok]
+            for j, name in enumerate(params):
+                v = vals[:, j]
+                v = v[np.isfinite(v)]
+                if v.size:
+                    sns.histplot(v, ax=ax, color=pal[j], label=name, element="step", fill=False, bins=30)
+            ax.axvline(thr, color="firebrick", ls="--", lw=1, label=f"threshold {thr:g}")
+            n_undef = int(np.sum(~np.isfinite(vals)))
+            ax.set_title(labels[var] + (f" ({n_undef} undefined)" if n_undef else ""), fontsize=10)
+            ax.set_xlabel(var)
+            ax.set_ylabel("replicates")
+            ax.legend(fontsize=7)
+        elif var == "bfmi":
+            b = np.asarray(ds["bfmi"].values)[ok].ravel()
+            sns.histplot(b[np.isfinite(b)], ax=ax, bins=30, color=pal[0])
+            ax.axvline(THRESHOLDS["bfmi"], color="firebrick", ls="--", lw=1, label=f"threshold {THRESHOLDS['bfmi']:g}")
+            ax.set_title("E-BFMI per chain", fontsize=10)
+            ax.set_xlabel("E-BFMI")
+            ax.set_ylabel("chains")
+            ax.legend(fontsize=7)
+        else:
+            v = np.asarray(ds[var].values)[ok]
+            desc = ds[var].attrs.get("description", var)
+            if v.dtype == bool:
+                ax.bar(["False", "True"], [int((~v).sum()), int(v.sum())], color=pal[0])
+                ax.set_title(f"{var}: {np.mean(v):.1%} True", fontsize=10)
+            else:
+                v = v[np.isfinite(v)].astype(float)
+                if v.size:
+                    sns.histplot(v, ax=ax, bins=30, color=pal[0])
+                ax.set_title(var, fontsize=10)
+            ax.set_xlabel(desc)
+            ax.set_ylabel("replicates")
+    inference = ds.attrs.get("inference", "")
+    fig.suptitle(f"{'Inference' if not inference else str(inference)} diagnostics over {int(ok.sum())} fits"
+                 f"{_n_failed_note(ok)}", fontsize=11)
     return fig
 
 

@@ -28,6 +28,7 @@ def ds():
         "failed": failed,
     }
     arr["z_score"][failed] = np.nan
+    arr["rank"][failed] = -1  # a failed replicate's rank is a placeholder: plots must leave it out
     return results.build_sbc_dataset(arr, {"quantity": QUANT, "parameter": PARAMS}, {"num_ranks": L})
 
 
@@ -51,6 +52,7 @@ def test_plot_ecdf_has_band_and_curves(ds, tmp_path):
         np.testing.assert_allclose(upper[1:-1], band.upper_diff)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[0] == "95% simultaneous band" and any("no divergences" in s for s in labels)
+    assert "118 replicates, 2 failed excluded" in fig._suptitle.get_text()
     fig.savefig(tmp_path / "ecdf.png")
     assert (tmp_path / "ecdf.png").stat().st_size > 10_000
     fig2 = plots.plot_ecdf(ds, difference=False)
@@ -70,6 +72,7 @@ def test_plot_rank_histograms_band(ds, tmp_path):
         assert sum(p.get_height() for p in ax.containers[0]) == S - 2  # histogram bars
     with pytest.raises(ValueError, match="n_bins"):
         plots.plot_rank_histograms(ds, n_bins=7)
+    assert "2 failed excluded" in fig._suptitle.get_text()
     fig.savefig(tmp_path / "hist.png")
 
 
@@ -84,6 +87,10 @@ def test_plot_zscore_contraction_and_diagnostics(ds, tmp_path):
     assert len(_visible_axes(fig)) == 5
     titles = [a.get_title() for a in fig.axes]
     assert any("R-hat" in t for t in titles) and any("E-BFMI" in t for t in titles)
+    assert "118 fits, 2 failed excluded" in fig._suptitle.get_text()
+    rhat_ax = next(a for a in fig.axes if "R-hat" in a.get_title())
+    vlines = [l for l in rhat_ax.lines if l.get_label().startswith("threshold")]
+    assert [l.get_xdata()[0] for l in vlines] == [1.01]  # the threshold of diagnostics.THRESHOLDS
     fig.savefig(tmp_path / "diag.png")
     assert (tmp_path / "diag.png").stat().st_size > 10_000
 
@@ -95,3 +102,31 @@ def test_plots_reject_incomplete_dataset(ds):
     bad["failed"] = bad["failed"] | True
     with pytest.raises(ValueError, match="every replicate failed"):
         plots.plot_ecdf(bad)
+
+
+def test_quadrature_dataset_plots_without_nuts_fields(tmp_path):
+    """Independent exact draws, replicate-level declared stats only: every SBC plot works, the
+    diagnostics figure shows the declared stats and no NUTS panel."""
+    rng = np.random.default_rng(1)
+    s = 60
+    failed = np.zeros(s, bool)
+    failed[3] = True
+    rank = rng.integers(0, L + 1, size=(s, 2))
+    rank[failed] = -1
+    arr = {"true": rng.normal(size=(s, 2)), "rank": rank, "failed": failed,
+           "z_score": np.where(failed[:, None], np.nan, rng.normal(size=(s, 2))),
+           "contraction": np.where(failed[:, None], np.nan, rng.uniform(size=(s, 2))),
+           "error_estimate": (("replicate",), np.where(failed, np.nan, rng.uniform(0, 1e-8, size=s))),
+           "certified": (("replicate",), ~failed)}
+    ds = results.build_sbc_dataset(arr, {"quantity": PARAMS, "parameter": PARAMS},
+                                   {"num_ranks": L, "inference": "quadrature"},
+                                   descriptions={"error_estimate": "quadrature error bound", "certified": "bound holds"})
+    for fig in (plots.plot_ecdf(ds), plots.plot_rank_histograms(ds), plots.plot_zscore_contraction(ds)):
+        assert "1 failed excluded" in fig._suptitle.get_text()
+    fig = plots.plot_diagnostics(ds)
+    titles = [a.get_title() for a in _visible_axes(fig)]
+    assert titles == ["error_estimate", "certified: 100.0% True"]
+    assert fig._suptitle.get_text().startswith("quadrature diagnostics over 59 fits")
+    fig.savefig(tmp_path / "diag.png")
+    with pytest.raises(ValueError, match="no diagnostics"):
+        plots.plot_diagnostics(ds.drop_vars(["error_estimate", "certified"]))
