@@ -200,3 +200,44 @@ def test_ecdf_pvalue_and_band_exact_by_enumeration():
     g_star = np.min(gam[gam >= band.gamma * (1 - 1e-12)])
     g_next = np.min(gam[gam > g_star * (1 + 1e-9)])
     assert band.coverage >= 0.8 and np.mean(gam >= g_next * (1 - 1e-12)) < 0.8
+
+
+def test_failed_replicates_are_data_not_errors():
+    """Issue 12 item 1: a replicate with no finite draws (injected) or constant draws must not
+    stop thinning, ranking, z-scores or the uniformity tests once the caller marks it failed."""
+    rng = np.random.default_rng(7)
+    s, l_ = 30, 19
+    draws = rng.normal(size=(s, 2, 40))
+    true = rng.normal(size=s)
+    draws[4] = np.nan  # no finite initial point: NaN draws
+    draws[9] = 1.5  # constant draws (e.g. float32 overflow of the design)
+    reasons = sbc.replicate_problems(draws, true)
+    assert reasons[4] == "80 non-finite draw(s)" and reasons[9] == "constant draws (zero posterior sd)"
+    assert sum(bool(r) for r in reasons) == 2
+    failed = np.array([bool(r) for r in reasons])
+    with pytest.raises(ValueError, match="replicate 4"):
+        sbc.thin_draws(draws, l_)  # unmarked NaN is still an error, never a silent NaN
+    kept = sbc.thin_draws(draws, l_ + 1, failed=failed)[:, :l_]
+    assert np.all(np.isnan(kept[4])) and np.isfinite(kept[~failed]).all()
+    ranks = sbc.compute_ranks(3, true, kept, failed=failed)
+    assert ranks[4] == -1 and ranks[9] == -1
+    other = kept.copy()
+    other[4], other[9] = 0.0, 7.0  # what a failed row holds does not change the others' ranks
+    np.testing.assert_array_equal(sbc.compute_ranks(3, true, other, failed=failed), ranks)
+    np.testing.assert_array_equal(ranks[~failed], (kept[~failed] < true[~failed, None]).sum(axis=1))  # no ties
+    res = sbc.uniformity_tests(ranks, l_, failed=failed)
+    assert res["n_replicates"][0] == s - 2 and res["n_failed"][0] == 2
+    assert res["ecdf_p"][0] == sbc.ecdf_uniformity(ranks[~failed], l_).p_value
+    with pytest.raises(ValueError, match="ranks"):
+        sbc.uniformity_tests(ranks, l_)  # -1 ranks without the failed mask are refused
+    z, c = sbc.zscore_contraction(true, draws, prior_var=2.0, failed=failed)
+    assert np.isnan(z[[4, 9]]).all() and np.isfinite(z[~failed]).all()
+    flat = draws[0].ravel()
+    assert z[0] == pytest.approx((flat.mean() - true[0]) / flat.std(ddof=1))
+    assert c[0] == pytest.approx(1 - flat.var(ddof=1) / 2.0)
+    with pytest.raises(ValueError, match="zero posterior sd.*replicate 9"):
+        sbc.zscore_contraction(true, draws, prior_var=2.0, failed=np.arange(s) == 4)
+    th = sbc.thin_by_ess(draws, np.where(failed, np.nan, 100.0), 10, failed=failed)
+    assert th.sufficient.tolist() == (~failed).tolist()
+    names, rq = sbc.rank_quantities(0, {"a": true}, {"a": kept}, failed=failed)
+    assert rq[4, 0] == -1 and names == ["a"]
