@@ -1,5 +1,10 @@
 """Priors on the two noise levels, selected by name (Hydra group ``prior/``).
 
+The priors below are THE definition: :mod:`noisydot_sbc.config` registers each entry of
+:data:`PRIORS` as an option of the ``prior`` config group (``python run.py prior=weak``). A new
+prior is one more constant here (or a YAML file in ``conf/prior/`` starting with
+``defaults: [base_prior, _self_]``).
+
 - ``strong``: informative LogNormals around realistic device noise.
 - ``weak``: the wide LogNormal(0, 5) / LogNormal(0, 2) of the original question.
 - ``naive``: Normal priors on the scales. A scale with a Normal prior makes the
@@ -7,14 +12,17 @@
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
-PARAMS = ("x_noise_lvl", "w_noise_lvl")
+PARAMS = ("x_noise_lvl", "w_noise_lvl")  # == models.PARAMS; kept for identifiability (models imports this module)
+
+
+FAMILIES = ("lognormal", "normal", "halfnormal")  # the prior families ScalePrior.distribution knows
 
 
 class ScalePrior(NamedTuple):
@@ -31,7 +39,7 @@ class ScalePrior(NamedTuple):
             return dist.Normal(self.loc, self.scale)
         if self.family == "halfnormal":
             return dist.HalfNormal(self.scale)
-        raise ValueError(f"prior family must be 'lognormal', 'normal' or 'halfnormal', got {self.family!r}")
+        raise ValueError(f"prior family must be one of {FAMILIES}, got {self.family!r}")
 
 
 class Prior(NamedTuple):
@@ -66,8 +74,8 @@ class Prior(NamedTuple):
 # an O(1) input.  median σ_x = 0.1 (90% in 0.04..0.26), median σ_w = 0.05 (90% in 0.02..0.13).
 STRONG = Prior(
     "strong",
-    x_noise_lvl=ScalePrior("lognormal", float(jnp.log(0.1)), 0.6),
-    w_noise_lvl=ScalePrior("lognormal", float(jnp.log(0.05)), 0.6),
+    x_noise_lvl=ScalePrior("lognormal", -2.302585092994046, 0.6),  # log(0.1) as the runs so far used it
+    w_noise_lvl=ScalePrior("lognormal", math.log(0.05), 0.6),
 )
 WEAK = Prior(
     "weak",

@@ -3,22 +3,23 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from noisydot_sbc import config
 from noisydot_sbc.priors import PRIORS, get_prior
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _compose(overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return config.compose(overrides)
 
 
 @pytest.mark.parametrize("name", ["strong", "weak", "naive"])
-def test_prior_yaml_matches_library_constants(name):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "prior" / f"{name}.yaml"))
+def test_prior_group_is_the_library_constants(name):
+    """The prior group's options are priors.PRIORS (defined once), bit for bit."""
+    assert not (CONF / "prior").exists() or not list((CONF / "prior").glob(f"{name}.yaml"))
+    cfg = OmegaConf.to_container(_compose([f"prior={name}"]).prior)
     from_cfg = get_prior(cfg)
     lib = PRIORS[name]
     assert from_cfg.name == lib.name
@@ -26,7 +27,7 @@ def test_prior_yaml_matches_library_constants(name):
     for p in ("x_noise_lvl", "w_noise_lvl"):
         a, b = getattr(from_cfg, p), getattr(lib, p)
         assert a.family == b.family
-        assert np.isclose(a.loc, b.loc) and np.isclose(a.scale, b.scale)
+        assert (a.loc, a.scale) == (b.loc, b.scale)
 
 
 def test_strong_prior_is_positive_and_realistic():
