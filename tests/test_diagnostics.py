@@ -184,3 +184,24 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="method"):
         diagnostics.ess(np.zeros((2, 2, 10)), method="median")
     np.testing.assert_allclose(diagnostics.wall_time_share(np.array([1, 3, -1]), 8.0), [2.0, 6.0, 0.0])
+
+
+def test_compute_diagnostics_reads_a_posterior():
+    """The inference layer's own Posterior/StatSpec: the diagnostics follow its declarations,
+    its failed mask and its info["max_tree_depth"]."""
+    from noisydot_sbc.inference import Posterior, StatSpec
+
+    rng = np.random.default_rng(5)
+    s, c, d = 3, 2, 40
+    st = _stats(s, c, d, rng)
+    st["tree_depth"][0, 0, :5] = 6
+    samples = {"x_noise_lvl": rng.normal(size=(s, c, d)), "w_noise_lvl": rng.normal(size=(s, c, d))}
+    samples["w_noise_lvl"][1] = np.nan
+    specs = tuple(StatSpec(*t) for t in NUTS_SPECS) + (StatSpec("n_leapfrog", "replicate", "i", "all steps"),)
+    post = Posterior(samples, st, {"n_leapfrog": np.array([10, 20, 30])}, specs, np.array([False, True, False]),
+                     ["", "no finite initial point", ""], "nuts", {"max_tree_depth": 6}, False, 1.0, 0.5)
+    out = diagnostics.compute_diagnostics(post, params=["x_noise_lvl", "w_noise_lvl"])
+    np.testing.assert_array_equal(out["tree_depth_hits"], [5, -1, 0])
+    np.testing.assert_array_equal(out["n_leapfrog"], [10, -1, 30])
+    assert np.isnan(out["r_hat"][1]).all() and np.isfinite(out["r_hat"][[0, 2]]).all()
+    assert out.descriptions["n_leapfrog"] == "all steps"
