@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from .kernel import StatSpec
-from .potential import Potential, build_potential, constrain, kept_indices, model_cache_key
+from .potential import Potential, build_potential, constrain, kept_indices, model_cache_key, resolve_keep_sites
 
 __all__ = ["CHAIN_METHODS", "Schedule", "ChainResult", "run_chains", "find_init", "resolve_chain_method",
            "configure_host_devices", "cache_info", "clear_cache", "check_data", "INIT_ATTEMPTS", "INIT_RADIUS",
@@ -473,7 +473,9 @@ def run_chains(key, model, data: dict, kernel_factory: Callable, schedule: Sched
     keys = jax.random.split(key, S_pad)
     ids = jnp.arange(S_pad, dtype=jnp.int32)
     shapes = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in data.items()))
-    sites = ("drop", tuple(drop_sites)) if drop_sites is not None else ("keep", keep_sites and tuple(keep_sites))
+    if drop_sites is None:
+        keep_sites = resolve_keep_sites(model, keep_sites)
+    sites = ("drop", tuple(drop_sites)) if drop_sites is not None else ("keep", keep_sites)
     base_key = (model_cache_key(model), kernel_factory, schedule, shapes, sites, method, n_dev, str(keys.dtype),
                 bool(jax.config.jax_enable_x64), progress is not None)
     pot_box = {}
