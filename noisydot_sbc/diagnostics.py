@@ -271,21 +271,28 @@ DERIVED: dict = {
 class Diagnostics(dict):
     """Per-replicate diagnostics: a dict name -> numpy array (leading replicate axis), plus
     ``parameter`` (list of names). ``dims[name]`` gives each array's dims (``replicate`` first),
-    ``descriptions[name]`` its meaning; :meth:`variables` gives ``name -> (dims, array)`` ready
-    for :func:`noisydot_sbc.results.build_sbc_dataset`."""
+    ``descriptions[name]`` its meaning, ``levels[name]`` where it comes from ("draws" for R-hat/
+    ESS, "draw" for a reduced draw-level statistic, "replicate" for a declared replicate-level
+    one); :meth:`variables` gives ``name -> (dims, array)`` and :meth:`attrs` ``name ->
+    {"description", "level"}``, both for :func:`noisydot_sbc.results.build_sbc_dataset`."""
 
     def __init__(self, parameter):
         super().__init__(parameter=list(parameter))
         self.dims: dict = {}
         self.descriptions: dict = {}
+        self.levels: dict = {}
 
-    def put(self, name, dims, array, description):
+    def put(self, name, dims, array, description, level="draw"):
         self[name] = array
         self.dims[name] = ("replicate",) + tuple(dims)
         self.descriptions[name] = description
+        self.levels[name] = level
 
     def variables(self) -> dict:
         return {k: (self.dims[k], v) for k, v in self.items() if k in self.dims}
+
+    def attrs(self) -> dict:
+        return {k: {"description": self.descriptions[k], "level": self.levels[k]} for k in self.dims}
 
 
 def _spec_fields(spec):
@@ -380,10 +387,10 @@ def compute_diagnostics(
         for j, p in enumerate(params):
             r[:, j], eb[:, j], et[:, j] = rhat_ess(samples[p], skip=failed)
         for name, arr in (("r_hat", r), ("ess_bulk", eb), ("ess_tail", et)):
-            out.put(name, DERIVED[name].dims, arr, DERIVED[name].description)
+            out.put(name, DERIVED[name].dims, arr, DERIVED[name].description, "draws")
         undefined = np.isnan(r) | np.isnan(eb) | np.isnan(et)
         out.put("n_undefined", (), np.where(ok, undefined.sum(axis=1), 0).astype(np.int64),
-                DERIVED["n_undefined"].description)
+                DERIVED["n_undefined"].description, "draws")
 
     for name, (_, level, kind, desc) in specs.items():
         src = sample_stats if level == "draw" else fit_stats
@@ -394,7 +401,7 @@ def compute_diagnostics(
             if v.shape != (s,):
                 raise ValueError(f"fit_stats[{name!r}] must have shape ({s},), got {v.shape}")
             v = count(v) if kind == "i" else (v & ok if kind == "b" else floats(v))
-            out.put(name, (), v, desc)
+            out.put(name, (), v, desc, "replicate")
             continue
         v = as_array(f"sample_stats[{name!r}]", src[name], ndim=3, kind="numeric", failed=failed)
         if v.shape != shape:

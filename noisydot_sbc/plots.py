@@ -10,6 +10,8 @@ divergence panel without declared divergences); warning lines come from
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -185,10 +187,18 @@ def plot_zscore_contraction(ds) -> Figure:
 
 
 def _declared_replicate_vars(ds) -> list[str]:
-    """Replicate-level statistics a method declared (stored with a ``description`` attribute)."""
-    known = {"diverging", "r_hat", "ess_bulk", "ess_tail", "bfmi"}
-    return [str(v) for v in ds.data_vars if v not in known and ds[v].dims == ("replicate",)
-            and "description" in ds[v].attrs and ds[v].dtype.kind in "fiub"]
+    """Replicate-level statistics a method declared: stored with ``level`` "replicate"
+    (``Diagnostics.attrs()``), or with a ``description`` only and not a derived diagnostic."""
+    from .diagnostics import DERIVED
+
+    out = []
+    for v in ds.data_vars:
+        a = ds[v].attrs
+        if ds[v].dims != ("replicate",) or ds[v].dtype.kind not in "fiub" or v in DERIVED:
+            continue
+        if a.get("level") == "replicate" or ("description" in a and "level" not in a):
+            out.append(str(v))
+    return out
 
 
 def plot_diagnostics(ds) -> Figure:
@@ -247,7 +257,7 @@ def plot_diagnostics(ds) -> Figure:
                 if v.size:
                     sns.histplot(v, ax=ax, bins=30, color=pal[0])
                 ax.set_title(var, fontsize=10)
-            ax.set_xlabel(desc)
+            ax.set_xlabel(textwrap.fill(str(desc), 45), fontsize=7)
             ax.set_ylabel("replicates")
     inference = ds.attrs.get("inference", "")
     fig.suptitle(f"{'Inference' if not inference else str(inference)} diagnostics over {int(ok.sum())} fits"

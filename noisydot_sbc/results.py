@@ -101,8 +101,9 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict, descriptions: dic
     ``arrays``: variable name -> numpy array, for the names in :data:`SCHEMA` (``true``, ``rank``
     and ``failed`` required) and for the diagnostics of ``diagnostics.DERIVED``; extra variables
     (e.g. a declared replicate-level statistic) as ``(dims, array)`` tuples, e.g. from
-    ``Diagnostics.variables()``. ``descriptions``: name -> text, stored as each variable's
-    ``description`` attribute (``Diagnostics.descriptions``).
+    ``Diagnostics.variables()``. ``descriptions``: name -> text (stored as the variable's
+    ``description`` attribute) or name -> dict of attributes (``Diagnostics.attrs()``: description
+    and level; the plots give each declared replicate-level statistic a panel).
     ``coords``: ``quantity`` and ``parameter`` (lists of names) are required; ``replicate``
     (global replicate indices, default ``0..S-1``) optional. Sizes of ``chain``/``draw`` come
     from the arrays. ``attrs``: ``num_ranks`` (L) required; ``config_yaml``, ``seed``, ``model``,
@@ -198,7 +199,8 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict, descriptions: dic
     ds = xr.Dataset(data_vars, coords=c_all, attrs=full_attrs)
     for name, text in (descriptions or {}).items():
         if name in ds.variables and text:
-            ds[name].attrs["description"] = str(text)
+            extra = dict(text) if isinstance(text, dict) else {"description": text}
+            ds[name].attrs.update({k: str(v) for k, v in extra.items() if v is not None})
     return ds
 
 

@@ -130,3 +130,30 @@ def test_quadrature_dataset_plots_without_nuts_fields(tmp_path):
     fig.savefig(tmp_path / "diag.png")
     with pytest.raises(ValueError, match="no diagnostics"):
         plots.plot_diagnostics(ds.drop_vars(["error_estimate", "certified"]))
+
+
+def test_diagnostics_figure_from_declared_nuts_stats():
+    """compute_diagnostics -> build_sbc_dataset(descriptions=diag.attrs()) -> plot_diagnostics:
+    the NUTS panels, plus one per declared replicate-level statistic (n_leapfrog), not for
+    reduced draw-level ones (lp, mean_tree_depth)."""
+    from noisydot_sbc import diagnostics
+
+    rng = np.random.default_rng(2)
+    s, c, d = 12, 2, 60
+    samples = {p: rng.normal(size=(s, c, d)) for p in PARAMS}
+    st = {"diverging": rng.uniform(size=(s, c, d)) < 0.01, "tree_depth": np.full((s, c, d), 3),
+          "energy": rng.normal(size=(s, c, d)), "lp": rng.normal(size=(s, c, d))}
+    specs = (("diverging", "draw", "b", "divergent"), ("tree_depth", "draw", "i", "depth"),
+             ("energy", "draw", "f", "energy"), ("lp", "draw", "f", "log density"),
+             ("n_leapfrog", "replicate", "i", "leapfrog steps of all chains"))
+    failed = np.zeros(s, bool)
+    failed[0] = True
+    diag = diagnostics.compute_diagnostics(samples, st, failed=failed, fit_stats={"n_leapfrog": np.arange(s) * 10},
+                                           stat_specs=specs, max_tree_depth=10)
+    arr = {"true": rng.normal(size=(s, 2)), "rank": np.where(failed[:, None], -1, rng.integers(0, L + 1, (s, 2))),
+           "failed": failed, **diag.variables()}
+    ds = results.build_sbc_dataset(arr, {"quantity": PARAMS, "parameter": PARAMS}, {"num_ranks": L},
+                                   descriptions=diag.attrs())
+    assert ds["n_leapfrog"].attrs["level"] == "replicate" and ds["lp"].attrs["level"] == "draw"
+    titles = [a.get_title().split(" (")[0] for a in _visible_axes(plots.plot_diagnostics(ds))]
+    assert titles == ["divergences per fit", "R-hat", "bulk ESS", "tail ESS", "E-BFMI per chain", "n_leapfrog"]
