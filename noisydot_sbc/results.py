@@ -599,7 +599,8 @@ def find_runs(root, filename: str = "results.nc") -> list[Path]:
 def sweep_summary(paths) -> xr.Dataset:
     """One Dataset summarising several SBC runs side by side, on dims (model, prior, quantity).
 
-    Variables: ``ecdf_p`` (ECDF uniformity p-value per quantity), ``divergent_fraction``,
+    Built on :func:`summarize_run`. Variables: ``ecdf_p`` (ECDF uniformity p-value per quantity,
+    failed replicates left out), ``divergent_fraction``,
     ``failed_fraction``, ``ess_bulk_per_s`` (median over replicates of the smaller bulk ESS of the
     two parameters divided by the fit's wall-time share), ``contraction_w``/``contraction_x``
     (median log-scale contraction), ``abs_corr_log`` (median |posterior corr of the logs|),
@@ -608,25 +609,28 @@ def sweep_summary(paths) -> xr.Dataset:
     rows = []
     for p in paths:
         ds = load_dataset(p)
+        run = summarize_run(ds)  # the per-run figures: one implementation
         ok = ~np.asarray(ds["failed"].values, bool)
         n = ds.sizes["replicate"]
+        quantities = [str(q) for q in ds["quantity"].values]
         ess = np.asarray(ds["ess_bulk"].values).min(axis=1) if "ess_bulk" in ds else np.full(n, np.nan)
         t = np.asarray(ds["wall_time_share"].values) if "wall_time_share" in ds else np.full(n, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_s = (ess / t)[ok]
         rows.append({
             "model": str(ds.attrs.get("model", "?")), "prior": str(ds.attrs.get("prior", "?")),
-            "quantity": [str(q) for q in ds["quantity"].values],
-            "ecdf_p": np.asarray(ds["ecdf_p"].values, dtype=float) if "ecdf_p" in ds else None,
-            "divergent_fraction": float(np.mean(ds["diverging"].values[ok] > 0))
-            if ok.any() and "diverging" in ds else np.nan,
-            "failed_fraction": float(np.mean(~ok)),
-            "ess_bulk_per_s": float(np.nanmedian((ess / t)[ok])) if ok.any() and np.isfinite(ess / t).any() else np.nan,
-            "contraction_w": float(np.nanmedian(ds["contraction_log"].sel(parameter="w_noise_lvl").values[ok]))
-            if "contraction_log" in ds else np.nan,
-            "contraction_x": float(np.nanmedian(ds["contraction_log"].sel(parameter="x_noise_lvl").values[ok]))
-            if "contraction_log" in ds else np.nan,
-            "abs_corr_log": float(np.nanmedian(np.abs(ds["corr_log"].values[ok]))) if "corr_log" in ds else np.nan,
-            "multimodal_fraction": float(np.mean(ds["multimodal"].values[ok])) if "multimodal" in ds else np.nan,
-            "n_replicates": int(ds.sizes["replicate"]),
+            "quantity": quantities,
+            "ecdf_p": np.array([run[f"ecdf_p_{q}"] for q in quantities]),
+            "divergent_fraction": run["divergent_fraction"],
+            "failed_fraction": run["failed"] / run["replicates"],
+            "ess_bulk_per_s": float(np.nanmedian(per_s)) if np.isfinite(per_s).any() else np.nan,
+            "contraction_w": run.get("contraction_log_w_noise_lvl", np.nan),
+            "contraction_x": run.get("contraction_log_x_noise_lvl", np.nan),
+            "abs_corr_log": float(np.nanmedian(np.abs(ds["corr_log"].values[ok]))) if "corr_log" in ds and ok.any()
+            else np.nan,
+            "multimodal_fraction": float(np.mean(ds["multimodal"].values[ok])) if "multimodal" in ds and ok.any()
+            else np.nan,
+            "n_replicates": run["replicates"],
         })
         ds.close()
     if not rows:
@@ -643,7 +647,7 @@ def sweep_summary(paths) -> xr.Dataset:
         i, j = models.index(r["model"]), priors.index(r["prior"])
         for k in scalar:
             data[k][i, j] = r[k]
-        if r["ecdf_p"] is not None and r["quantity"] == quantities:
+        if r["quantity"] == quantities:
             ecdf[i, j] = r["ecdf_p"]
     return xr.Dataset(
         {**{k: (("model", "prior"), v) for k, v in data.items()}, "ecdf_p": (("model", "prior", "quantity"), ecdf)},

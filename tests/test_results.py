@@ -340,3 +340,27 @@ def test_summarize_run_row():
     ok = ~nuts["failed"].values
     assert row["divergent_fraction"] == pytest.approx(np.mean(nuts["diverging"].values[ok] > 0))
     assert row["seconds_per_fit"] == pytest.approx(nuts["wall_time_share"].values[ok].mean())
+
+
+def test_sweep_summary_builds_on_summarize_run(tmp_path):
+    paths = []
+    for i, (model, prior) in enumerate([("gaussian", "strong"), ("marginal", "strong"), ("gaussian", "weak")]):
+        ds = make_ds(seed=i)
+        ds.attrs.update(model=model, prior=prior)
+        rng = np.random.default_rng(i)
+        ds = results.add_variables(ds, {"corr_log": (("replicate",), rng.uniform(-1, 1, 6)),
+                                        "multimodal": (("replicate",), rng.uniform(size=6) < 0.5),
+                                        "contraction_log": (("replicate", "parameter"), rng.uniform(size=(6, 2)))})
+        paths.append(results.save_dataset(ds, tmp_path / f"{model}-{prior}" / "results.nc"))
+    sw = results.sweep_summary(results.find_runs(tmp_path))
+    assert list(sw["model"].values) == ["marginal", "gaussian"] and list(sw["prior"].values) == ["strong", "weak"]
+    row = results.summarize_run(paths[2])
+    cell = sw.sel(model="gaussian", prior="weak")
+    assert float(cell["ecdf_p"].sel(quantity="log_lik")) == row["ecdf_p_log_lik"]
+    assert float(cell["divergent_fraction"]) == row["divergent_fraction"]
+    assert float(cell["contraction_w"]) == row["contraction_log_w_noise_lvl"]
+    assert float(cell["failed_fraction"]) == pytest.approx(1 / 6)
+    assert np.isnan(sw["n_replicates"].sel(model="marginal", prior="weak"))  # no such run
+    from noisydot_sbc import plots
+
+    plots.plot_sweep_summary(sw).savefig(tmp_path / "sweep.png")
