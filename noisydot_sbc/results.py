@@ -386,10 +386,7 @@ def _check_xwy(x, w, y, source: str):
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{source}: y must have shape ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
     for name, a in (("x", x), ("w", w), ("y", y)):
-        if a.size == 0:
-            raise ValueError(f"{source}: {name} is empty")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{source}: {name} contains {int(np.sum(~np.isfinite(a)))} NaN/inf value(s)")
+        as_array(f"{source}: {name}", a)
     return x, w, y
 
 

@@ -176,7 +176,7 @@ def test_load_measurements_netcdf_and_csv(tmp_path):
     bad = pd.DataFrame(cols)
     bad.loc[3, "y"] = np.nan
     bad.to_csv(csv, index=False)
-    with pytest.raises(ValueError, match="y contains 1 NaN"):
+    with pytest.raises(ValueError, match=r"m.csv: y contains 1 non-finite value\(s\) \(NaN or inf\)"):
         results.load_measurements(csv)
     pd.DataFrame({"x_0": [1.0], "x_2": [1.0], "y": [0.0]}).to_csv(csv, index=False)
     with pytest.raises(ValueError, match="without gaps"):
