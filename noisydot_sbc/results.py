@@ -165,13 +165,8 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict, descriptions: dic
         raise ValueError(f"rank must be in 0..num_ranks={num_ranks} in replicates not marked failed "
                          f"(first: replicate {int(np.argmax(bad_rank))})")
     for name, (dims, arr) in data_vars.items():
-        if arr.dtype.kind == "f" and dims and dims[0] == "replicate" and name not in UNDEFINED_OK:
-            bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1) & ~failed
-            if np.any(bad):
-                raise ValueError(
-                    f"{name} has non-finite values in {int(bad.sum())} replicate(s) not marked failed "
-                    f"(first: {int(np.argmax(bad))})"
-                )
+        if arr.dtype.kind == "f" and dims and dims[0] == "replicate" and name not in UNDEFINED_OK and arr.size:
+            as_array(name, arr, failed=failed)
 
     s = sizes["replicate"]
     rep = np.arange(s) if coords.get("replicate") is None else np.asarray(coords["replicate"])
@@ -481,8 +476,7 @@ def write_posterior(samples: dict, sample_stats: dict | None, path, observed: di
     for k, s in shapes.items():
         if len(s) < 2:
             raise ValueError(f"samples[{k!r}] must be (chain, draw, ...), got shape {s}")
-        if not np.all(np.isfinite(np.asarray(samples[k], dtype=float))):
-            raise ValueError(f"samples[{k!r}] contains NaN/inf")
+        as_array(f"samples[{k!r}]", samples[k], kind="f")
     cd = {s[:2] for s in shapes.values()}
     if len(cd) != 1:
         raise ValueError(f"samples: all sites must share (chain, draw), got {shapes}")
