@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
@@ -22,6 +23,7 @@ import numpyro.distributions as dist
 from .distributions import NoisyDot
 from .likelihoods import moments
 from .priors import STRONG, Prior
+from .simulate import simulate_y_unchecked
 
 
 def latent_model(x, w, y=None, *, prior: Prior = STRONG, y_noise=0.0, shared_w_noise: bool = False):
@@ -80,7 +82,11 @@ class Model(NamedTuple):
     ``loglik``: the model's own per-observation log-likelihood ``loglik(y, x, w, sx, sw) -> (N,)``
     of the parameters (exact for ``latent`` and ``marginal``, whose marginal likelihood is the
     exact one; the moment-matched normal for ``gaussian``); ``prior``: the :class:`Prior`;
-    ``y_noise``: the known readout noise; ``shared_w_noise``: weight noise drawn once per device.
+    ``y_noise``: the known readout noise; ``shared_w_noise``: weight noise drawn once per device;
+    ``predictive``: the model's own sampling distribution, ``predictive(key, x, w, sx, sw) -> y``
+    (N,) (traceable; σ enter through |σ|): the true process for ``latent`` and ``marginal``
+    (their likelihood is the exact one), the moment-matched normal for ``gaussian``, so a
+    posterior predictive check shows what the fitted model, approximation included, predicts.
     """
 
     name: str
@@ -90,6 +96,7 @@ class Model(NamedTuple):
     shared_w_noise: bool
     loglik: Callable
     params: tuple = PARAMS
+    predictive: Callable = None
 
 
 def build_model(name: str, prior: Prior = STRONG, y_noise: float = 0.0, shared_w_noise: bool = False) -> Model:
@@ -99,6 +106,17 @@ def build_model(name: str, prior: Prior = STRONG, y_noise: float = 0.0, shared_w
     fn = get_model(name, prior=prior, y_noise=y_noise, shared_w_noise=shared_w_noise)
     if name == "gaussian":
         loglik = lambda y, x, w, sx, sw: gaussian_logpdf(y, x, w, sx, sw, y_noise)
+        predictive = partial(_gaussian_predictive, y_noise=float(y_noise))
     else:
         loglik = lambda y, x, w, sx, sw: noisydot_logpdf_with_error(y, x, w, sx, sw, y_noise).logp
-    return Model(name, fn, prior, float(y_noise), bool(shared_w_noise), loglik)
+        predictive = partial(_true_process_predictive, y_noise=float(y_noise), shared_w_noise=bool(shared_w_noise))
+    return Model(name, fn, prior, float(y_noise), bool(shared_w_noise), loglik, PARAMS, predictive)
+
+
+def _true_process_predictive(key, x, w, sx, sw, *, y_noise, shared_w_noise):
+    return simulate_y_unchecked(key, x, w, jnp.abs(sx), jnp.abs(sw), y_noise, shared_w_noise)
+
+
+def _gaussian_predictive(key, x, w, sx, sw, *, y_noise):
+    mean, var = moments(x, w, jnp.abs(sx), jnp.abs(sw), y_noise)
+    return mean + jnp.sqrt(var) * jax.random.normal(key, mean.shape, dtype=x.dtype)

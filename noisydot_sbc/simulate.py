@@ -3,13 +3,22 @@
     x̃_ni = x_ni + σ_x e_ni,    w̃_ni = w_i (1 + σ_w u_ni),    y_n = Σ_i x̃_ni w̃_ni + σ_y v_n
 
 All functions are pure JAX, vectorized, and bit-for-bit reproducible for a given key.
+
+- :func:`simulate_y` (checked) and :func:`simulate_y_unchecked` (its traceable core, for use
+  inside ``jit``/``vmap``): y from the true process;
+- :func:`make_design`: a device design (x, w); :func:`design_kwargs` reads its arguments from a
+  ``design`` config;
+- :func:`simulate_replicates`: the SBC generator: for each replicate id a design, a truth drawn
+  from the prior and y from the true process, all from one root key.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from functools import lru_cache
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._validation import check_design, check_positive
 
@@ -24,10 +33,11 @@ def simulate_y(key, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, shared_w_noise=
     check_positive("x_noise_lvl", x_noise_lvl)
     check_positive("w_noise_lvl", w_noise_lvl)
     check_positive("y_noise", y_noise, allow_zero=True)
-    return _simulate_y(key, jnp.asarray(x), jnp.asarray(w), x_noise_lvl, w_noise_lvl, y_noise, shared_w_noise)
+    return simulate_y_unchecked(key, jnp.asarray(x), jnp.asarray(w), x_noise_lvl, w_noise_lvl, y_noise,
+                                shared_w_noise)
 
 
-def _simulate_y(key, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, shared_w_noise=False):
+def simulate_y_unchecked(key, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, shared_w_noise=False):
     """Unchecked, traceable core of :func:`simulate_y` (use inside jit/vmap)."""
     n, m = x.shape
     ke, ku, kv = jax.random.split(key, 3)
@@ -38,6 +48,9 @@ def _simulate_y(key, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, shared_w_noise
     x_tilde = x + x_noise_lvl * e
     w_tilde = w * (1.0 + w_noise_lvl * u)
     return jnp.sum(x_tilde * w_tilde, axis=-1) + y_noise * v
+
+
+_simulate_y = simulate_y_unchecked  # old private name, kept until its importers move to the public one
 
 
 class Design(NamedTuple):
@@ -96,3 +109,68 @@ def make_design(
     else:
         raise ValueError(f"w_dist must be 'normal', 'uniform' or 'ones', got {w_dist!r}")
     return Design(x=x, w=w)
+
+
+DESIGN_ARGS = ("n_obs", "n_inputs", "x_dist", "x_scale", "x_spread", "w_dist", "w_scale")
+_ARG_TYPES = {"n_obs": int, "n_inputs": int, "x_dist": str, "x_scale": float, "x_spread": float, "w_dist": str,
+              "w_scale": float}
+
+
+def _field(design, name):
+    if isinstance(design, Mapping) or hasattr(design, "get"):
+        return design[name]
+    return getattr(design, name)
+
+
+def design_kwargs(design, **overrides) -> dict:
+    """The keyword arguments of :func:`make_design` (:data:`DESIGN_ARGS`), typed, from a ``design``
+    config (a mapping, a DictConfig or a dataclass); ``overrides`` replace single entries."""
+    out = {}
+    for name in DESIGN_ARGS:
+        try:
+            out[name] = _ARG_TYPES[name](overrides[name] if name in overrides else _field(design, name))
+        except (KeyError, AttributeError):
+            raise ValueError(f"design.{name} is missing") from None
+    return out
+
+
+@lru_cache(maxsize=32)
+def _replicate_simulator(design_items: tuple, new_design: bool, y_noise: float, shared_w_noise: bool, prior,
+                         dtype):
+    design = dict(design_items)
+
+    def one(root_key, r):
+        kd, kt, ky = jax.random.split(jax.random.fold_in(root_key, r), 3)
+        if not new_design:
+            kd = jax.random.fold_in(root_key, 2**30)
+        d = make_design(kd, dtype=dtype, **design)
+        truth = prior.sample(kt)
+        sx, sw = truth["x_noise_lvl"], truth["w_noise_lvl"]
+        # the naive (negative-control) prior can draw σ < 0; the device noise is |σ|
+        y = simulate_y_unchecked(ky, d.x, d.w, jnp.abs(sx), jnp.abs(sw), y_noise, shared_w_noise)
+        return d.x, d.w, y, sx.astype(dtype), sw.astype(dtype)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+
+
+def simulate_replicates(root_key, replicate_ids, design, prior, dtype=jnp.float64) -> tuple[dict, dict]:
+    """The SBC generator: one simulated data set per replicate id, vectorized.
+
+    Replicate ``r`` draws, from ``fold_in(root_key, r)``, a design (:func:`make_design` with the
+    arguments of the ``design`` config; with ``design.new_design_per_replicate`` false every
+    replicate shares the design drawn from ``fold_in(root_key, 2**30)``), a truth from ``prior``
+    (``prior.sample``) and y from the true process with ``design.y_noise`` and
+    ``design.shared_w_noise``. A replicate id always gives the same replicate, whichever chunk it
+    is simulated in. Returns ``(data, truth)``: data ``x`` (S, N, M), ``w`` (S, M), ``y`` (S, N);
+    truth ``x_noise_lvl``, ``w_noise_lvl`` (S,) (signed: the device noise is ``|σ|``). The
+    compiled simulator is cached on (design, prior, dtype).
+    """
+    ids = np.asarray(replicate_ids)
+    if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu" or np.any(ids < 0):
+        raise ValueError(f"replicate_ids must be a non-empty 1-d array of integers >= 0, got {replicate_ids!r}")
+    y_noise = float(_field(design, "y_noise"))
+    check_positive("y_noise", y_noise, allow_zero=True)
+    fn = _replicate_simulator(tuple(design_kwargs(design).items()), bool(_field(design, "new_design_per_replicate")),
+                              y_noise, bool(_field(design, "shared_w_noise")), prior, jnp.dtype(dtype))
+    x, w, y, sx, sw = fn(root_key, jnp.asarray(ids))
+    return {"x": x, "w": w, "y": y}, {"x_noise_lvl": sx, "w_noise_lvl": sw}

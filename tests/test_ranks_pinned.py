@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from noisydot_sbc import pipeline, results
+from noisydot_sbc import config, results, tasks  # noqa: F401  (config registers the schemas)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -40,7 +40,7 @@ def _run(tmp_path, model):
         cfg = compose(config_name="config", overrides=[
             f"+output_dir={tmp_path}", f"data.path={ROOT / 'data' / 'sample_measurements.nc'}",
             f"model={model}", *TINY])
-    pipeline.run(cfg)
+    tasks.run(cfg)
     return results.load_dataset(tmp_path / "results.nc")
 
 

@@ -30,7 +30,7 @@ def test_moments_match_monte_carlo(y_noise):
     x, w = _design(n=4, m=3)
     sx, sw = 0.4, 0.3
     keys = jax.random.split(jax.random.PRNGKey(1), 200_000)
-    from noisydot_sbc.simulate import _simulate_y
+    from noisydot_sbc.simulate import simulate_y_unchecked as _simulate_y
 
     ys = np.asarray(jax.vmap(lambda k: _simulate_y(k, jnp.asarray(x), jnp.asarray(w), sx, sw, y_noise))(keys))
     mean, var = moments(jnp.asarray(x), jnp.asarray(w), sx, sw, y_noise)
@@ -44,7 +44,7 @@ def test_shared_w_noise_correlates_observations():
     # with the weight noise drawn once per device, two observations with the same x are correlated
     x = np.ones((2, 1))
     w = np.array([1.0])
-    from noisydot_sbc.simulate import _simulate_y
+    from noisydot_sbc.simulate import simulate_y_unchecked as _simulate_y
 
     keys = jax.random.split(jax.random.PRNGKey(3), 20_000)
     shared = np.asarray(jax.vmap(lambda k: _simulate_y(k, jnp.asarray(x), jnp.asarray(w), 0.01, 0.5, 0.0, True))(keys))

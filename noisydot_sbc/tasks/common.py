@@ -1,0 +1,145 @@
+"""Steps every task shares: precision, the run folder, the model, prior and inference method of a
+config, one fit, and the config text stored with the results."""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+
+from ..models import PARAMS
+
+log = logging.getLogger("noisydot_sbc.tasks")
+
+
+def configure_platform(cfg) -> None:
+    """Precision and host devices must be set before JAX creates its first array."""
+    import jax
+
+    precision = str(cfg.get("precision", "float64"))
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    jax.config.update("jax_enable_x64", precision == "float64")
+    host_devices = cfg.sampler.get("host_devices") if "sampler" in cfg else None
+    if host_devices:
+        from ..engine import configure_host_devices
+
+        configure_host_devices(int(host_devices))
+
+
+def float_dtype():
+    """The float dtype of this run (float64 when x64 is enabled, else float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def to_container(node) -> dict:
+    """A config node as plain Python data (resolved)."""
+    from omegaconf import OmegaConf
+
+    if isinstance(node, dict):
+        return node
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def config_yaml(cfg) -> str:
+    """The resolved config as YAML (stored in every result file's attrs)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(to_container(cfg)), resolve=True)
+
+
+def load_prior(cfg):
+    from ..priors import get_prior
+
+    return get_prior(to_container(cfg.prior))
+
+
+def load_model(cfg, prior, y_noise: float):
+    """The :class:`~noisydot_sbc.models.Model` named ``cfg.model.name`` with ``prior`` and ``y_noise``."""
+    from ..models import build_model
+
+    return build_model(str(cfg.model.name), prior=prior, y_noise=float(y_noise),
+                       shared_w_noise=bool(cfg.design.shared_w_noise))
+
+
+def inference_method(cfg):
+    """The inference method configured in ``cfg.sampler`` (``inference.get_method``)."""
+    try:
+        from ..inference import get_method
+    except ImportError:  # until the inference package lands: the engine's NUTS (temporary)
+        return _EngineNUTS(cfg.sampler)
+    sampler = {k: v for k, v in to_container(cfg.sampler).items() if k != "host_devices"}  # a platform setting
+    return get_method(sampler)
+
+
+class _Posterior(NamedTuple):  # temporary: the contract's inference.Posterior
+    samples: dict
+    sample_stats: dict
+    fit_stats: dict
+    stat_specs: object
+    failed: np.ndarray
+    error: list
+    inference: str
+    info: dict
+    independent_draws: bool
+    wall_time: float
+    compile_time: float
+
+
+class _EngineNUTS:  # temporary adapter of engine.fit_batch to the InferenceMethod protocol
+    name = "nuts"
+
+    def __init__(self, sampler_cfg):
+        from ..engine import NUTSConfig
+
+        s = to_container(sampler_cfg)
+        self.config = NUTSConfig(**{k: s[k] for k in NUTSConfig._fields if k in s})
+
+    def fit(self, key, model, data, progress=None):
+        from ..engine import fit_batch
+
+        r = fit_batch(key, model.fn, data, self.config)
+        return _Posterior(r.samples, r.sample_stats, {}, None, np.asarray(r.failed), list(r.error), "nuts",
+                          {"chain_method": r.chain_method, "max_tree_depth": self.config.max_tree_depth},
+                          False, r.wall_time, r.compile_time)
+
+
+def posterior_draws(posterior, keep=None) -> dict:
+    """The draws of the inferred parameters, name -> (S, chain, draw) numpy arrays (rows ``keep``)."""
+    sl = slice(None) if keep is None else keep
+    return {p: np.asarray(posterior.samples[p])[sl] for p in PARAMS}
+
+
+class FailureLog(NamedTuple):
+    """Per replicate: ``failed`` (S,) bool and the first reason ``error`` (S,) ("" where fine)."""
+
+    failed: np.ndarray
+    error: list
+
+    @classmethod
+    def of(cls, posterior, n: int):
+        return cls(np.asarray(posterior.failed, bool)[:n].copy(), [str(e) for e in list(posterior.error)[:n]])
+
+    def mark(self, bad, reason) -> None:
+        """Mark the replicates ``bad`` (S,) bool failed with ``reason`` unless they already
+        failed (the first reason is kept)."""
+        self.mark_each([reason if b else "" for b in np.asarray(bad, bool)])
+
+    def mark_each(self, reasons, prefix: str = "") -> None:
+        """Mark failed every replicate whose entry of ``reasons`` (one str per replicate) is not
+        empty, with ``prefix + reason``, unless it already failed."""
+        for i, r in enumerate(reasons):
+            if r and not self.failed[i]:
+                self.failed[i] = True
+                self.error[i] = prefix + str(r)
+
+    def reasons(self) -> dict:
+        """reason -> number of replicates."""
+        out: dict = {}
+        for f, e in zip(self.failed, self.error):
+            if f:
+                out[e or "unknown"] = out.get(e or "unknown", 0) + 1
+        return out
