@@ -347,6 +347,99 @@ def _whitening(neg_h):
     return np.linalg.cholesky(cov)
 
 
+WARP_START = 2.0  # lattice units from the centre where a stretched half-axis starts to stretch
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def warp(v, a, b):
+    """Smooth monotone per-axis map of lattice coordinates v to whitened u,
+    u = v + a (sp(v − v₀) − sp(−v₀)) − b (sp(−v − v₀) − sp(−v₀)),  sp = softplus, v₀ = WARP_START:
+    the identity near the centre (where the Hessian is right) and slope 1 + a (1 + b) far out on
+    the positive (negative) side. After R-INLA's separate scalings of the two half-axes, made
+    smooth so the spline and the trapezoid rule keep their accuracy."""
+    v0 = WARP_START
+    c = _softplus(-v0)
+    return v + a * (_softplus(v - v0) - c) - b * (_softplus(-v - v0) - c)
+
+
+def warp_slope(v, a, b):
+    v0 = WARP_START
+    sig = lambda x: 0.5 * (1.0 + np.tanh(0.5 * x))
+    return 1.0 + a * sig(v - v0) + b * sig(-v - v0)
+
+
+def _stretch(t_star, r):
+    """Coefficient with warp(r) = t_star (t_star >= r) on one half-axis."""
+    v0 = WARP_START
+    return max(t_star - r, 0.0) / (_softplus(r - v0) - _softplus(-v0))
+
+
+class _Frame(NamedTuple):
+    """z = m + C warp(v): centre (2,), whitening (2, 2), warp coefficients a, b (2,) each."""
+
+    m: np.ndarray
+    C: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+    def z(self, v):
+        return self.m + warp(v, self.a, self.b) @ self.C.T
+
+    def v(self, z):
+        """Inverse map (per axis, by interpolation in a fine table of the monotone warp)."""
+        u = np.linalg.solve(self.C, (z - self.m).T).T
+        out = np.empty_like(u)
+        for k in range(2):
+            if self.a[k] == 0.0 and self.b[k] == 0.0:
+                out[:, k] = u[:, k]
+                continue
+            hi = max(np.abs(u[:, k]).max(), 1.0)
+            tab = np.linspace(-hi, hi, 8001)  # v within ±hi covers u within ±hi (|slope| >= 1)
+            out[:, k] = np.interp(u[:, k], warp(tab, self.a[k], self.b[k]), tab)
+        return out
+
+
+def _half_axis_scales(ev, rep_idx, m, C, prior_lp, D, top, n_eval, max_nodes, rounds=5):
+    """Extent of the region within D of the top along the four half-axes of the whitened frame,
+    probed at t = r, 2r, 4r, ... (r = √(2D), where a Gaussian drops by D) while the drop stays
+    below D. Returns (s₋, s₊) (B, 2) each: the extent over r, at least 1."""
+    B = m.shape[0]
+    r = math.sqrt(2.0 * D)
+    dirs = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    scale = np.ones((B, 4))
+    open_ = np.ones((B, 4), bool)
+    prev_t = np.zeros((B, 4))
+    prev_d = np.zeros((B, 4))
+    for k in range(rounds):
+        t = r * 2.0**k
+        rows = np.nonzero(open_.any(1) & (n_eval + 4 <= max_nodes))[0]
+        if rows.size == 0:
+            break
+        z = m[rows, None, :] + t * np.einsum("kj,bij->bki", dirs, C[rows])
+        ll, _ = ev(rep_idx[rows], z)
+        lp = ll + prior_lp(z)
+        n_eval[rows] += 4
+        drop = top[rows, None] - np.where(np.isfinite(lp), lp, -np.inf)
+        for r_, b in enumerate(rows):
+            for j in range(4):
+                if not open_[b, j]:
+                    continue
+                d = drop[r_, j]
+                if d >= D:  # crossed between prev_t and t: interpolate linearly in the drop
+                    t_star = prev_t[b, j] + (t - prev_t[b, j]) * (D - prev_d[b, j]) / max(d - prev_d[b, j], 1e-12)
+                    scale[b, j] = max(1.0, t_star / r)
+                    open_[b, j] = False
+                else:
+                    prev_t[b, j], prev_d[b, j] = t, d
+                    scale[b, j] = t / r * (2.0 if k == rounds - 1 else 1.0)
+    s_pos = scale[:, [0, 2]]
+    s_neg = scale[:, [1, 3]]
+    return s_neg, s_pos
+
+
 # ---------------------------------------------------------------------------------------------
 # lattice bookkeeping
 # ---------------------------------------------------------------------------------------------
@@ -364,14 +457,14 @@ class _Lattice:
     def G(self):
         return 2 * self.R + 1
 
-    def u(self, i, j):
+    def v(self, i, j):
         return self.h * np.stack([i - self.R, j - self.R], axis=-1)
 
 
 _EIGHT = np.ones((1, 3, 3), bool)
 
 
-def _evaluate(ev, rep_idx, lat, pending, m, C, prior_lp, n_eval):
+def _evaluate(ev, rep_idx, lat, pending, frames, prior_lp, n_eval):
     """Evaluate the pending nodes (B, G, G) (one likelihood call for the whole batch)."""
     rows = np.nonzero(pending.reshape(pending.shape[0], -1).any(1))[0]
     if rows.size == 0:
@@ -382,10 +475,9 @@ def _evaluate(ev, rep_idx, lat, pending, m, C, prior_lp, n_eval):
     where = []
     for r_, b in enumerate(rows):
         i, j = np.nonzero(pending[b])
-        u = lat.u(i, j)
-        zz = m[b] + u @ C[b].T
+        zz = frames[b].z(lat.v(i, j))
         z[r_, : i.size] = zz
-        z[r_, i.size:] = zz[:1] if i.size else m[b]
+        z[r_, i.size:] = zz[:1]
         where.append((i, j))
     ll, err = ev(rep_idx[rows], z)
     lp = ll + prior_lp(z)
@@ -399,7 +491,7 @@ def _evaluate(ev, rep_idx, lat, pending, m, C, prior_lp, n_eval):
         n_eval[b] += k
 
 
-def _walk(ev, rep_idx, lat, m, C, prior_lp, D, max_nodes, n_eval, first):
+def _walk(ev, rep_idx, lat, frames, prior_lp, D, max_nodes, n_eval, first):
     """Flood the lattice outwards from what is known (first from the disk |u|²/2 < D as well):
     evaluate every unknown 8-neighbour of a node within D of the top, round by round.
     Returns capped (B,) bool: the walk reached the lattice edge or ran out of node budget."""
@@ -423,7 +515,7 @@ def _walk(ev, rep_idx, lat, m, C, prior_lp, D, max_nodes, n_eval, first):
                 drop = np.argsort(rad2[i, j], kind="stable")[max(int(budget[b]), 0):]
                 pending[b, i[drop], j[drop]] = False
                 capped[b] = True
-            _evaluate(ev, rep_idx, lat, pending, m, C, prior_lp, n_eval)
+            _evaluate(ev, rep_idx, lat, pending, frames, prior_lp, n_eval)
         known = ~np.isnan(lat.val)
         top = np.max(np.where(known, lat.val, -np.inf).reshape(B, -1), axis=1)
         inside = known & (lat.val > (top - D)[:, None, None])
@@ -473,14 +565,14 @@ def _spline_logdens(val, h, R, D):
     return spl, ((ua[0], ua[-1]), (ub[0], ub[-1]))
 
 
-def _fine_box(val, h, R, m, C, D, F):
+def _fine_box(val, h, R, fr, D, F):
     """Fine grid (axes in log σ) covering the inside nodes of the full lattice plus one step."""
     known = np.isfinite(val)
     top = np.max(val[known])
     i, j = np.nonzero(known & (val > top - D))
-    u = h * np.stack([i - R, j - R], -1)
-    z = m + u @ C.T
-    pad = h * np.sqrt((C**2).sum(1))  # one lattice step, per log σ axis
+    v = h * np.stack([i - R, j - R], -1)
+    z = fr.z(v)
+    pad = h * np.sqrt(((fr.C * (1.0 + np.maximum(fr.a, fr.b))) ** 2).sum(1))  # a lattice step, per log σ axis
     lo, hi = z.min(0) - pad, z.max(0) + pad
     ax, width = [], []
     for k in range(2):
@@ -490,10 +582,9 @@ def _fine_box(val, h, R, m, C, D, F):
     return tuple(ax), tuple(width)
 
 
-def _fine_logmass(spl, ubox, m, C, ax, width):
+def _fine_logmass(spl, ubox, fr, ax, width):
     Z0, Z1 = np.meshgrid(ax[0], ax[1], indexing="ij")
-    dz = np.stack([Z0 - m[0], Z1 - m[1]], -1)
-    u = np.linalg.solve(C, dz.reshape(-1, 2).T).T
+    u = fr.v(np.stack([Z0, Z1], -1).reshape(-1, 2))  # lattice coordinates of the fine cells
     inb = (u[:, 0] >= ubox[0][0]) & (u[:, 0] <= ubox[0][1]) & (u[:, 1] >= ubox[1][0]) & (u[:, 1] <= ubox[1][1])
     out = np.full(u.shape[0], -np.inf)
     if inb.any():
@@ -557,27 +648,31 @@ def _discrepancy(a, b):
     return worst
 
 
-def _log_mass(val, h, C):
+def _log_mass(val, h, R, fr):
+    """log ∫ exp(lp) dz by the trapezoid rule in lattice coordinates (Jacobian of z(v) included)."""
     known = np.isfinite(val)
-    return float(logsumexp(val[known])) + math.log(h * h * abs(np.linalg.det(C)))
+    i, j = np.nonzero(known)
+    v = h * np.stack([i - R, j - R], -1)
+    logjac = np.log(warp_slope(v, fr.a, fr.b)).sum(1) + math.log(abs(np.linalg.det(fr.C)))
+    return float(logsumexp(val[known] + logjac)) + 2.0 * math.log(h)
 
 
-def _assess(val, err, h, R, m, C, D, F):
+def _assess(val, err, h, R, fr, D, F):
     """Summaries of the full lattice, error estimate vs its sublattice of step 2h."""
-    ax, width = _fine_box(val, h, R, m, C, D, F)
+    ax, width = _fine_box(val, h, R, fr, D, F)
     spl, ubox = _spline_logdens(val, h, R, D)
-    lm_full = _fine_logmass(spl, ubox, m, C, ax, width)
+    lm_full = _fine_logmass(spl, ubox, fr, ax, width)
     full = _summaries(lm_full, ax, width)
     # sublattice: every other node (the centre is node (R, R), so R must be kept even-aligned)
     sub = val[R % 2::2, R % 2::2]
     Rs = R // 2
-    log_z = _log_mass(val, h, C)
+    log_z = _log_mass(val, h, R, fr)
     try:
         spl2, ubox2 = _spline_logdens(sub, 2 * h, Rs, D)
-        coarse = _summaries(_fine_logmass(spl2, ubox2, m, C, ax, width), ax, width)
+        coarse = _summaries(_fine_logmass(spl2, ubox2, fr, ax, width), ax, width)
         # Richardson: the spline's interpolation error is O(h^4) (the trapezoid's on log p(y) far
         # smaller), so the change from 2h to h over-states the error at h by about 2^4 - 1
-        change = max(_discrepancy(full, coarse), abs(log_z - _log_mass(sub, 2 * h, C))) / RICHARDSON
+        change = max(_discrepancy(full, coarse), abs(log_z - _log_mass(sub, 2 * h, Rs, fr))) / RICHARDSON
     except ValueError:  # the sublattice is too small to compare against: no estimate, not certified
         change = np.inf
     known = np.isfinite(val)
@@ -689,17 +784,26 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
     nh[bad] = np.eye(2)
     C = _whitening(nh)
 
-    # 2. polish on the model's own likelihood (stencil Newton)
+    # 2. polish on the model's own likelihood (stencil Newton); 2b. half-axis extents -> warp
     h = float(cfg.dz)
     vals, errs = _stencil_newton(ev, rep_idx, m, C, prior_lp, h, cfg.polish_steps, n_eval, cfg.max_nodes)
+    top = np.where(np.isfinite(vals).any((1, 2)), np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=(1, 2)),
+                   -np.inf)
+    s_neg, s_pos = _half_axis_scales(ev, rep_idx, m, C, prior_lp, D, top, n_eval, cfg.max_nodes)
+    r0 = math.sqrt(2.0 * D)
+    a_w = np.vectorize(lambda s: _stretch(s * r0, r0))(s_pos)
+    b_w = np.vectorize(lambda s: _stretch(s * r0, r0))(s_neg)
+    frames = [_Frame(m[i], C[i], a_w[i], b_w[i]) for i in range(B)]
     R = int(math.ceil(cfg.max_radius / h))
     R += R % 2  # even, so the sublattice of step 2h contains the centre
     lat = _Lattice(B, h, R)
-    lat.val[:, R - 1:R + 2, R - 1:R + 2] = vals
-    lat.err[:, R - 1:R + 2, R - 1:R + 2] = errs
+    # the stencil's nodes are lattice nodes only where the warp is the identity near the centre
+    same = (b_w == 0.0).all(1) & (a_w == 0.0).all(1)
+    lat.val[same, R - 1:R + 2, R - 1:R + 2] = vals[same]
+    lat.err[same, R - 1:R + 2, R - 1:R + 2] = errs[same]
 
     # 3. walk; 4.-5. assess, refine the replicates above tolerance (a sub-batch each level)
-    capped = _walk(ev, rep_idx, lat, m, C, prior_lp, D, cfg.max_nodes, n_eval, first=True)
+    capped = _walk(ev, rep_idx, lat, frames, prior_lp, D, cfg.max_nodes, n_eval, first=True)
     results = [None] * B
     level_h = np.full(B, h)
     cur = np.arange(B)  # replicates (of this batch) on the current lattice
@@ -710,7 +814,7 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
                 failed[b], errors[b] = True, "log posterior is -inf or NaN at every lattice node"
                 continue
             try:
-                results[b] = _assess(v, lat.err[r_], lat.h, lat.R, m[b], C[b], D, cfg.fine_grid)
+                results[b] = _assess(v, lat.err[r_], lat.h, lat.R, frames[b], D, cfg.fine_grid)
             except (ValueError, np.linalg.LinAlgError) as err:
                 failed[b], errors[b] = True, f"quadrature summary failed: {err}"
                 continue
@@ -726,7 +830,8 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
         cur = cur[sel]
         lat = new
         ne = n_eval[cur].copy()
-        capped[cur] = _walk(ev, rep_idx[cur], lat, m[cur], C[cur], prior_lp, D, cfg.max_nodes, ne, first=False)
+        capped[cur] = _walk(ev, rep_idx[cur], lat, [frames[i] for i in cur], prior_lp, D, cfg.max_nodes, ne,
+                            first=False)
         n_eval[cur] = ne
 
     # outputs: draws (inverse CDF on the fine grid), marginals, moments, fit statistics
