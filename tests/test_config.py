@@ -30,6 +30,7 @@ BAD_VALUES = [
     ("design.y_noise=-1", "design.y_noise"),  # failed only after the first chunk was fitted
     ("sbc.num_ranks=601", "sbc.num_ranks"),  # more ranks than the 2 x 300 draws kept
     ("sbc.quantities=[]", "sbc.quantities"),
+    ("sbc.quantities=[x_noise_lvl,foo]", "sbc.quantities"),
     ("sbc.quantities=[x_noise_lvl,x_noise_lvl]", "sbc.quantities"),
     ("seed=-1", "seed"),
     ("prior.x_noise_lvl.scale=0", "prior.x_noise_lvl.scale"),
