@@ -3,14 +3,17 @@
 Same SBC three ways, in one process (see benchmarks/README or docs/engine.md):
   (a) one ``numpyro.infer.MCMC(NUTS(model)).run`` per replicate (``jit_model_args=True``),
       timed on a subset of replicates (``--numpyro-fits``) and extrapolated per fit;
-  (b) ``noisydot_sbc.engine.fit_batch`` on the Gaussian model, every chain_method, >= 3 repeats;
-  (c) the same engine on the exact marginal model (NoisyDot likelihood).
+  (b) ``noisydot_sbc.inference.fit_batch`` on the Gaussian model, every chain_method, >= 3 repeats;
+  (c) the same engine on the exact marginal model (NoisyDot likelihood);
+  (d) run length from the SBC's L (``NUTSConfig.target_ess``) against the fixed default, 2 chains:
+      fits/s and the ESS the returned draws achieve;
+  (e) the cost of the in-loop progress callback (same run with and without; draws must be equal).
+Public API only (noisydot_sbc.inference, .diagnostics, .models, .priors, .simulate).
 Also: the lower limit (total leapfrog steps x measured time of one batched gradient), SBC
 ranks and 90% interval coverage (so that the timed code is shown to be correct).
 
 Full run (default):  python benchmarks/sbc_throughput.py
-Smoke run:           python benchmarks/sbc_throughput.py --replicates 8 --warmup 50 --samples 50 --repeats 1 \
-                         --numpyro-fits 2 --marginal-budget-s 20 --out /tmp/smoke.json
+Smoke run:           python benchmarks/sbc_throughput.py --smoke --out /tmp/smoke.json
 Writes benchmarks/results/sbc_throughput_<YYYY-MM-DD>.json (``--out`` overrides).
 """
 from __future__ import annotations
@@ -41,13 +44,23 @@ def _parse():
     p.add_argument("--marginal-budget-s", type=float, default=150.0,
                    help="time allowed for the marginal-model part; fewer replicates if the probe says so")
     p.add_argument("--skip-marginal", action="store_true")
+    p.add_argument("--target-ess", type=int, default=100, help="(d): L, the effectively independent draws wanted")
+    p.add_argument("--pilot", type=int, default=200, help="(d): pilot length (num_samples) with target_ess")
+    p.add_argument("--ess-replicates", type=int, default=200, help="(d): replicates (N, M as above)")
+    p.add_argument("--only", choices=["run-length"], default=None,
+                   help="run-length: only (d) and (e) at the full sizes (a few minutes)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, figures meaningless")
     p.add_argument("--out", type=str, default=None)
-    return p.parse_args()
+    a = p.parse_args()
+    if a.smoke:
+        a.replicates, a.warmup, a.samples, a.repeats, a.numpyro_fits = 8, 50, 60, 1, 2
+        a.marginal_budget_s, a.ess_replicates, a.pilot, a.target_ess = 10.0, 8, 40, 30
+    return a
 
 
 ARGS = _parse()
 # host devices must be requested before JAX initialises its backend
-from noisydot_sbc.engine import configure_host_devices  # noqa: E402
+from noisydot_sbc.inference.driver import configure_host_devices  # noqa: E402
 
 configure_host_devices(ARGS.devices)
 
@@ -57,12 +70,13 @@ import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
-from noisydot_sbc import engine  # noqa: E402
-from noisydot_sbc.engine import NUTSConfig, fit_batch  # noqa: E402
+from noisydot_sbc.diagnostics import rhat_ess  # noqa: E402
+from noisydot_sbc.inference import NUTSConfig, fit_batch  # noqa: E402
+from noisydot_sbc.inference.driver import resolve_chain_method  # noqa: E402
+from noisydot_sbc.inference.potential import build_potential  # noqa: E402
+from noisydot_sbc.models import PARAMS  # noqa: E402
 from noisydot_sbc.priors import STRONG  # noqa: E402
-from noisydot_sbc.simulate import _simulate_y, make_design  # noqa: E402
-
-PARAMS = ("x_noise_lvl", "w_noise_lvl")
+from noisydot_sbc.simulate import make_design, simulate_y  # noqa: E402
 
 
 def machine() -> dict:
@@ -96,7 +110,8 @@ def simulate(key, S, N, M):
     designs = [make_design(k, N, M, dtype=jnp.float32) for k in jax.random.split(k_design, S)]
     x = jnp.stack([d.x for d in designs])
     w = jnp.stack([d.w for d in designs])
-    y = jax.vmap(_simulate_y)(jax.random.split(k_y, S), x, w, theta["x_noise_lvl"], theta["w_noise_lvl"])
+    ky = jax.random.split(k_y, S)
+    y = jnp.stack([simulate_y(ky[s], x[s], w[s], theta["x_noise_lvl"][s], theta["w_noise_lvl"][s]) for s in range(S)])
     return {"x": x, "w": w, "y": y}, {k: np.asarray(v) for k, v in theta.items()}
 
 
@@ -185,7 +200,7 @@ def time_engine(model, data, theta, cfg, repeats):
 def batched_gradient_seconds(model, data, reps=2000):
     """Time of one batched value-and-gradient of the potential over all replicates, measured
     inside a compiled loop (as the sampler uses it), data-only terms hoisted as in the engine."""
-    spec = engine._model_spec(model, data, ("u",))
+    spec = build_potential(model, data)
     prepared = jax.vmap(spec.prepare)(data)
     S = data["y"].shape[0]
     z0 = jnp.zeros((S, spec.dim), spec.dtype)
@@ -251,6 +266,70 @@ def run_marginal(model, data, theta, cfg, mode, steps_per_fit_gauss, gauss_res):
     return r
 
 
+def _min_bulk_ess(samples: dict, failed) -> np.ndarray:
+    """Per replicate: the smaller bulk ESS of the two noise levels (diagnostics.rhat_ess, ArviZ)."""
+    return np.min([rhat_ess(np.asarray(samples[p]), skip=failed)[1] for p in PARAMS], axis=0)
+
+
+def run_target_ess(model, a):
+    """(d): fixed default run length vs NUTSConfig(target_ess=L), same data, 2 chains."""
+    data, _ = simulate(jax.random.PRNGKey(77), a.ess_replicates, a.obs, a.inputs)
+    S = a.ess_replicates
+    runs = {
+        "fixed_default": NUTSConfig(num_warmup=a.warmup, num_samples=a.samples, num_chains=2,
+                                    chain_method="vectorized"),
+        "target_ess": NUTSConfig(num_warmup=a.warmup, num_samples=a.pilot, num_chains=2, target_ess=a.target_ess,
+                                 max_samples=a.samples, chain_method="vectorized"),
+    }
+    out = {"replicates": S, "N": a.obs, "M": a.inputs, "target_ess": a.target_ess, "pilot": a.pilot,
+           "max_samples": a.samples, "dtype": "float32", "runs": {}}
+    for name, cfg in runs.items():
+        walls = []
+        for r in range(max(1, a.repeats)):
+            fit = fit_batch(jax.random.PRNGKey(100 + r), model, data, cfg)
+            walls.append(fit.wall_time)
+        ess = _min_bulk_ess(fit.samples, fit.failed)
+        n = np.asarray(fit.num_samples)
+        out["runs"][name] = {
+            "config": {k: getattr(cfg, k) for k in ("num_warmup", "num_samples", "num_chains", "target_ess",
+                                                      "max_samples")},
+            "wall_seconds_median": float(np.median(walls)), "wall_seconds_all": walls,
+            "fits_per_second": S / float(np.median(walls)),
+            "leapfrog_steps_per_fit_mean": float(np.asarray(fit.n_leapfrog).sum(1).mean()),
+            "post_warmup_iterations_per_chain": {"mean": float(n.mean()), "min": int(n.min()), "max": int(n.max())},
+            "draws_returned_per_chain": int(np.asarray(fit.samples[PARAMS[0]]).shape[2]),
+            "min_bulk_ess_of_returned_draws": {"median": float(np.nanmedian(ess)), "min": float(np.nanmin(ess)),
+                                               "fraction_ge_target": float(np.mean(ess >= a.target_ess))},
+            "failed": int(fit.failed.sum()),
+        }
+    f, t = out["runs"]["fixed_default"], out["runs"]["target_ess"]
+    out["summary"] = {"speedup_fits_per_second": t["fits_per_second"] / f["fits_per_second"],
+                      "leapfrog_saving": 1 - t["leapfrog_steps_per_fit_mean"] / f["leapfrog_steps_per_fit_mean"],
+                      "median_ess_fixed": f["min_bulk_ess_of_returned_draws"]["median"],
+                      "median_ess_target": t["min_bulk_ess_of_returned_draws"]["median"],
+                      "fraction_ge_target": t["min_bulk_ess_of_returned_draws"]["fraction_ge_target"]}
+    return out
+
+
+def run_progress_overhead(model, data, cfg, repeats):
+    """(e): wall time with and without the in-loop progress callback; the draws must be equal."""
+    calls = []
+    res = {}
+    fits = {}
+    for name, cb in (("without", None), ("with", calls.append)):
+        walls = []
+        for r in range(max(2, repeats)):
+            fits[name] = fit_batch(jax.random.PRNGKey(5), model, data, cfg, progress=cb)
+            walls.append(fits[name].wall_time)
+        res[name + "_wall_seconds_median"] = float(np.median(walls))
+    res["overhead_fraction"] = res["with_wall_seconds_median"] / res["without_wall_seconds_median"] - 1
+    res["callbacks_per_run"] = len(calls) / max(2, repeats)
+    res["draws_identical"] = bool(all(np.array_equal(fits["with"].samples[p], fits["without"].samples[p],
+                                                     equal_nan=True) for p in PARAMS))
+    res["chain_method"] = cfg.chain_method
+    return res
+
+
 def main():
     a = ARGS
     info = {"machine": machine(), "date": _dt.date.today().isoformat()}
@@ -267,6 +346,9 @@ def main():
     print(f"machine: {info['machine']['cpu_model']} x{info['machine']['cpu_count']}, devices {info['machine']['devices']}, "
           f"load {info['machine']['load_average_at_start']}", flush=True)
 
+    if a.only == "run-length":
+        return _finish(info, a, gauss, data, cfg._replace(chain_method="vectorized"))
+
     # (b) the engine, every mode
     modes = ["sequential", "vectorized"] + (["parallel"] if len(jax.devices()) > 1 else [])
     res_b = {}
@@ -276,7 +358,7 @@ def main():
         res_b[m], fits[m] = r, fit
         print(f"(b) engine {m}: {r['seconds_per_fit'] * 1e3:.2f} ms/fit, compile {r['compile_seconds']:.1f}s, "
               f"coverage {[r['sbc'][p]['coverage_90'] for p in PARAMS]}", flush=True)
-    auto_method, auto_why = engine.resolve_chain_method("auto", a.replicates)
+    auto_method, auto_why = resolve_chain_method("auto", a.replicates)
     best = min(res_b, key=lambda k: res_b[k]["seconds_per_fit"])
     info["engine_gaussian"] = {"modes": res_b, "best_mode": best, "auto_picks": auto_method, "auto_reason": auto_why}
 
@@ -325,8 +407,19 @@ def main():
             info["engine_marginal"] = {"error": f"{type(err).__name__}: {err}"}
             print(f"(c) marginal failed: {err}", flush=True)
 
+    return _finish(info, a, gauss, data, cfg._replace(chain_method=best))
+
+
+def _finish(info, a, gauss, data, cfg):
+    # (d) run length from L, and (e) the progress callback's cost
+    info["target_ess"] = run_target_ess(gauss, a)
+    print(f"(d) target_ess: {json.dumps(info['target_ess']['summary'])}", flush=True)
+    info["progress_overhead"] = run_progress_overhead(gauss, data, cfg, a.repeats)
+    print(f"(e) progress: {json.dumps(info['progress_overhead'])}", flush=True)
+
     info["machine"]["load_average_at_end"] = list(os.getloadavg())
-    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"sbc_throughput_{info['date']}.json"
+    suffix = f"_{a.only}" if a.only else ""
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"sbc_throughput_{info['date']}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(info, indent=2, default=float))
     print(f"wrote {out}")

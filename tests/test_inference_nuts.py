@@ -201,7 +201,7 @@ def test_progress_reports_inside_the_loop_and_keeps_draws(pinned_fits):
     seen = []
     fit = fit_batch(jax.random.PRNGKey(11), noisy_dot_gauss, _gdata(), PIN_G._replace(chain_method="vectorized"),
                     progress=seen.append)
-    assert len(seen) >= 3 and seen[-1] == 1.0  # several reports from inside one compiled call
+    assert len(seen) >= 2 and seen[0] < 1.0 and seen[-1] == 1.0  # reports from inside one compiled call
     assert all(0 < a < b for a, b in zip(seen, seen[1:]))
     for site in fit.samples:
         np.testing.assert_array_equal(fit.samples[site], pinned_fits["vectorized"].samples[site])

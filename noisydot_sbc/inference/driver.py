@@ -40,7 +40,7 @@ __all__ = ["CHAIN_METHODS", "Schedule", "ChainResult", "run_chains", "find_init"
 CHAIN_METHODS = ("sequential", "vectorized", "parallel", "auto")
 INIT_RADIUS = 1.0  # chains start uniformly within ±1 of the prior median in unconstrained space
 INIT_ATTEMPTS = 100
-PROGRESS_EVERY = 64  # steps of the compiled loop between two progress reports
+PROGRESS_EVERY = 256  # steps of the compiled loop between two progress reports
 ESS_MARGIN = 1.2  # continue to 1.2x the length the pilot predicts for the target ESS
 
 
