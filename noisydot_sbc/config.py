@@ -302,8 +302,7 @@ def mutable_schema(method_config: type) -> type:
         else:
             spec = field(default=MISSING)
         fields.append((f.name, _omegaconf_type(hints[f.name]), spec))
-    return dataclasses.make_dataclass(f"{method_config.__name__}Schema", fields,
-                                      namespace={"method_config": method_config})
+    return dataclasses.make_dataclass(f"{method_config.__name__}Schema", fields)
 
 
 # the inference methods whose config dataclass is the schema of ``sampler=<name>``
@@ -422,9 +421,7 @@ def validate_config(cfg) -> None:
     for key in ("task", "model", "prior", "design", "sampler", "sbc", "data"):
         if key not in cfg:
             _fail(key, "is missing from the config")
-    _int("seed", cfg.seed if not isinstance(cfg.seed, str) else cfg.seed)
-    if cfg.seed < 0:
-        _fail("seed", "must be >= 0", cfg.seed)
+    _int("seed", cfg.seed, 0)
     if str(cfg.get("precision")) not in list(Precision):
         _fail("precision", f"must be one of {[str(p) for p in Precision]}", cfg.get("precision"))
     task_name = cfg.task.get("name")
@@ -446,6 +443,13 @@ def validate_config(cfg) -> None:
         obj.validate()
     if cfg.get("host_devices") is not None:
         _int("host_devices", cfg.host_devices, 1)
+    if TASKS[task_name].reads_data:
+        for key, resolve in (("data.path", data_path), ("data.weights_path", weights_path)):
+            p = resolve(cfg)
+            if key == "data.path" and p is None:
+                _fail(key, "must name a netCDF or CSV file of measurements (x, w, y)")
+            if p is not None and not p.is_file():
+                _fail(key, f"names no file ({p} does not exist)")
     method = method_config_of(cfg.sampler)
     draws = getattr(method, "num_draws", None)
     if task_name == "sbc" and draws is not None and cfg.sbc.num_ranks > draws:

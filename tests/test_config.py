@@ -39,6 +39,8 @@ BAD_VALUES = [
     ("task=fit task.ppc_draws=0", "task.ppc_draws"),
     ("task=degeneracy task.ratio=[]", "task.ratio"),
     ("host_devices=0", "host_devices"),
+    ("task=fit data.path=no/such/file.nc", "data.path"),
+    ("task=fit data.path=null", "data.path"),
 ]
 # wrong types and unknown keys: refused by Hydra while composing (the schemas)
 BAD_TYPES = [
