@@ -376,3 +376,28 @@ def test_target_ess_continues_chains_to_the_length_needed():
     # and the conjugate posterior is still recovered from the 80 returned draws
     mean, sd = _posterior(data)
     np.testing.assert_array_less(np.abs(fit.samples["mu"].mean((1, 2)) - mean), 5 * sd / np.sqrt(80 / 4))
+
+
+@pytest.mark.slow
+def test_gaussian_model_matches_numpyro_mcmc():
+    """The project's Gaussian model on tiny data against a long numpyro.infer.MCMC reference."""
+    from noisydot_sbc.models import build_model
+    from noisydot_sbc.priors import STRONG
+    from noisydot_sbc.simulate import make_design, simulate_y
+
+    model = build_model("gaussian", STRONG)
+    design = make_design(jax.random.PRNGKey(3), 40, 3)
+    y = simulate_y(jax.random.PRNGKey(4), design.x, design.w, 0.2, 0.1)
+    ref = numpyro.infer.MCMC(numpyro.infer.NUTS(model.fn), num_warmup=500, num_samples=5000, progress_bar=False)
+    ref.run(jax.random.PRNGKey(5), design.x, design.w, y)
+    ref_s = ref.get_samples()
+    data = {"x": design.x[None], "w": design.w[None], "y": y[None]}
+    post = NUTS(num_warmup=300, num_samples=2000, num_chains=2, chain_method="vectorized").fit(
+        jax.random.PRNGKey(6), model, data)
+    for site in ("x_noise_lvl", "w_noise_lvl"):
+        a, b = post.samples[site].ravel(), np.asarray(ref_s[site])
+        assert (a > 0).all()  # constrained values
+        se = b.std() * np.sqrt(1 / (a.size / 4) + 1 / (b.size / 4))
+        assert abs(a.mean() - b.mean()) < 5 * se, site
+        np.testing.assert_allclose(a.std(), b.std(), rtol=0.15)
+        np.testing.assert_allclose(np.quantile(a, [0.1, 0.9]), np.quantile(b, [0.1, 0.9]), rtol=0.1)
