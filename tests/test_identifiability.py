@@ -131,7 +131,12 @@ def _degenerate_designs():
     return flat, spread
 
 
-@pytest.mark.parametrize("exact", [False, True])
+# The exact-likelihood variants reuse the estimator compiled by test_exact_fim_close_to_gaussian
+# (about 25 s of CPU, the dearest compile of this file); they add ~10 s more and run with -m slow.
+EXACT = [False, pytest.param(True, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("exact", EXACT)
 def test_no_spread_design_is_degenerate(exact):
     """Equal Σ x_ni² w_i² in every row: the FIM is (near) singular, ridge keeps Var(y) constant."""
     flat, spread = _degenerate_designs()
@@ -157,7 +162,7 @@ def test_no_spread_design_is_degenerate(exact):
     assert res_flat.crb_corr < -0.99
 
 
-@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("exact", EXACT)
 def test_zero_weight_contributes_nothing(design, exact):
     logpdf = _exact_logpdf() if exact else gaussian_logpdf
     x = np.asarray(design.x[:40])
@@ -254,6 +259,7 @@ def test_rank_designs_bayesian_matches_pointwise_average():
     np.testing.assert_allclose(ranked[0]["utility"], np.mean(single), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_rank_designs_exact_prefers_spread():
     logpdf = _exact_logpdf()
     flat, spread = _degenerate_designs()
