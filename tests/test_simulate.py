@@ -87,3 +87,55 @@ def test_make_design_bad_input():
         make_design(jax.random.PRNGKey(0), 3, 2, x_dist="cauchy")
     with pytest.raises(ValueError, match="n_obs"):
         make_design(jax.random.PRNGKey(0), 0, 2)
+
+
+# ----------------------------------------------------------------------------- the SBC generator
+from noisydot_sbc.priors import STRONG  # noqa: E402
+from noisydot_sbc.simulate import design_kwargs, simulate_replicates, simulate_y_unchecked  # noqa: E402
+
+DESIGN = {"n_obs": 7, "n_inputs": 3, "x_dist": "normal", "x_scale": 1.0, "x_spread": 1.0, "w_dist": "normal",
+          "w_scale": 1.0, "new_design_per_replicate": True, "y_noise": 0.0, "shared_w_noise": False}
+
+
+def test_a_replicate_id_is_the_same_replicate_in_any_chunk():
+    root = jax.random.PRNGKey(7)
+    data, truth = simulate_replicates(root, np.arange(6), DESIGN, STRONG)
+    part, part_truth = simulate_replicates(root, np.array([4, 2]), DESIGN, STRONG)
+    for k in ("x", "w", "y"):
+        assert data[k].shape[0] == 6
+        np.testing.assert_array_equal(np.asarray(part[k]), np.asarray(data[k])[[4, 2]])
+    for p in ("x_noise_lvl", "w_noise_lvl"):
+        np.testing.assert_array_equal(np.asarray(part_truth[p]), np.asarray(truth[p])[[4, 2]])
+    assert data["x"].shape == (6, 7, 3) and data["w"].shape == (6, 3) and data["y"].shape == (6, 7)
+    assert len(np.unique(np.asarray(data["w"])[:, 0])) == 6  # a new design per replicate
+
+
+def test_replicates_follow_the_prior_and_the_true_process():
+    root = jax.random.PRNGKey(0)
+    data, truth = simulate_replicates(root, np.arange(4000), dict(DESIGN, new_design_per_replicate=False), STRONG)
+    # one design for all replicates when new_design_per_replicate is false
+    assert np.all(np.asarray(data["w"]) == np.asarray(data["w"])[0])
+    for p in ("x_noise_lvl", "w_noise_lvl"):
+        logs = np.log(np.asarray(truth[p]))
+        sp = getattr(STRONG, p)
+        assert abs(logs.mean() - sp.loc) < 4 * sp.scale / np.sqrt(logs.size)
+        assert abs(logs.std() - sp.scale) < 0.05 * sp.scale
+    # replicate r's y is the true process at its truth, with the key the generator documents
+    r = 5
+    kd, kt, ky = jax.random.split(jax.random.fold_in(root, r), 3)
+    y = simulate_y_unchecked(ky, data["x"][r], data["w"][r], truth["x_noise_lvl"][r], truth["w_noise_lvl"][r])
+    np.testing.assert_allclose(np.asarray(y), np.asarray(data["y"][r]), rtol=1e-13)  # eager vs jit: ulps
+
+
+def test_design_kwargs_reads_a_design_config():
+    kw = design_kwargs(DESIGN, x_spread=3.0)
+    assert kw == {"n_obs": 7, "n_inputs": 3, "x_dist": "normal", "x_scale": 1.0, "x_spread": 3.0, "w_dist": "normal",
+                  "w_scale": 1.0}
+    with pytest.raises(ValueError, match="design.w_scale"):
+        design_kwargs({k: v for k, v in DESIGN.items() if k != "w_scale"})
+
+
+@pytest.mark.parametrize("ids", [np.array([], dtype=int), np.array([-1]), np.array([0.5]), np.zeros((2, 2), int)])
+def test_bad_replicate_ids(ids):
+    with pytest.raises(ValueError, match="replicate_ids"):
+        simulate_replicates(jax.random.PRNGKey(0), ids, DESIGN, STRONG)

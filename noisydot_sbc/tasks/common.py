@@ -20,9 +20,9 @@ def configure_platform(cfg) -> None:
     if precision not in ("float64", "float32"):
         raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     jax.config.update("jax_enable_x64", precision == "float64")
-    host_devices = cfg.sampler.get("host_devices") if "sampler" in cfg else None
+    host_devices = cfg.get("host_devices")
     if host_devices:
-        from ..engine import configure_host_devices
+        from ..inference.driver import configure_host_devices
 
         configure_host_devices(int(host_devices))
 
@@ -67,44 +67,9 @@ def load_model(cfg, prior, y_noise: float):
 
 def inference_method(cfg):
     """The inference method configured in ``cfg.sampler`` (``inference.get_method``)."""
-    try:
-        from ..inference import get_method
-    except ImportError:  # until the inference package lands: the engine's NUTS (temporary)
-        return _EngineNUTS(cfg.sampler)
-    sampler = {k: v for k, v in to_container(cfg.sampler).items() if k != "host_devices"}  # a platform setting
-    return get_method(sampler)
+    from ..inference import get_method
 
-
-class _Posterior(NamedTuple):  # temporary: the contract's inference.Posterior
-    samples: dict
-    sample_stats: dict
-    fit_stats: dict
-    stat_specs: object
-    failed: np.ndarray
-    error: list
-    inference: str
-    info: dict
-    independent_draws: bool
-    wall_time: float
-    compile_time: float
-
-
-class _EngineNUTS:  # temporary adapter of engine.fit_batch to the InferenceMethod protocol
-    name = "nuts"
-
-    def __init__(self, sampler_cfg):
-        from ..engine import NUTSConfig
-
-        s = to_container(sampler_cfg)
-        self.config = NUTSConfig(**{k: s[k] for k in NUTSConfig._fields if k in s})
-
-    def fit(self, key, model, data, progress=None):
-        from ..engine import fit_batch
-
-        r = fit_batch(key, model.fn, data, self.config)
-        return _Posterior(r.samples, r.sample_stats, {}, None, np.asarray(r.failed), list(r.error), "nuts",
-                          {"chain_method": r.chain_method, "max_tree_depth": self.config.max_tree_depth},
-                          False, r.wall_time, r.compile_time)
+    return get_method(cfg.sampler)
 
 
 def posterior_draws(posterior, keep=None) -> dict:

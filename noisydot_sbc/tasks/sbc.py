@@ -35,10 +35,6 @@ from ..models import PARAMS
 from . import common
 from .common import log
 
-# quantities of a run when the config does not name them; TEMPORARY until conf/sbc carries the key
-_FALLBACK_QUANTITIES = ("x_noise_lvl", "w_noise_lvl", "log_lik", "w_over_x")
-
-
 class Setup(NamedTuple):
     """What every chunk of one run shares (built once by :func:`make_setup`)."""
 
@@ -81,7 +77,7 @@ def make_setup(cfg) -> Setup:
     method = common.inference_method(cfg)
     return Setup(
         model=model, prior=prior, method=method,
-        quantities=get_quantities(cfg.sbc.get("quantities", _FALLBACK_QUANTITIES)),
+        quantities=get_quantities(cfg.sbc.quantities),
         num_ranks=int(cfg.sbc.num_ranks), chunk_size=int(cfg.sbc.chunk_size),
         num_replicates=int(cfg.sbc.num_replicates), seed=int(cfg.seed),
         root_key=jax.random.PRNGKey(int(cfg.seed)), dtype=common.float_dtype(), design=cfg.design,
