@@ -204,6 +204,10 @@ def _log_prior_z(prior, z):
 
 
 _JIT_CACHE: dict = {}
+_SEEN_SHAPES: dict = {}
+MAP_BATCH = 4  # points per vectorised step of the exact likelihood (see _Evaluator)
+CHUNK = 64  # points per call of the compiled exact likelihood (see _Evaluator)
+CHEAP_CHUNK = 2048  # points per call for closed-form likelihoods (gaussian)
 
 
 def _cached(key, build):
@@ -249,9 +253,11 @@ class _Evaluator:
     """Total log-likelihood at many parameter points per replicate, host level.
 
     The exact model uses :func:`noisydot_sbc.likelihoods.loglik_grid` where it exists (two-phase:
-    fast pass for every point, robust tiers only for what it could not certify, gathered apart);
-    otherwise a vmap over replicates and points. Point and replicate counts are padded to powers
-    of two so compiled functions are reused."""
+    fast pass for every point, robust tiers only for what it could not certify, gathered apart).
+    Otherwise the (replicate, point) pairs are flattened and evaluated in chunks of CHUNK points
+    by one compiled function (one shape, one compilation); for the exact likelihood the points
+    of a chunk go through ``lax.map`` in batches of MAP_BATCH, because its robust tiers are
+    while_loops and under ``vmap`` every round would be paid by the whole batch."""
 
     def __init__(self, model, data):
         self.model = model
@@ -264,36 +270,47 @@ class _Evaluator:
                 self.grid = loglik_grid
             except ImportError:
                 self.grid = None
-        key = ("grid",) + _likelihood_key(model)
+        key = ("chunk",) + _likelihood_key(model)
         point = _point_loglik(model)
-        self.fn = _cached(key, lambda: jax.jit(jax.vmap(jax.vmap(point, (None, None, None, 0, 0)), (0, 0, 0, 0, 0))))
-        self.seen = set()
+        if model.name == "marginal":
+            def build():
+                return jax.jit(lambda y, x, w, sx, sw: jax.lax.map(
+                    lambda a: point(*a), (y, x, w, sx, sw), batch_size=MAP_BATCH))
+        else:
+            def build():
+                return jax.jit(jax.vmap(point))
+        self.fn = _cached(key, build)
+        self.first = key not in _SEEN_SHAPES
+        _SEEN_SHAPES.setdefault(key, set())
 
     def __call__(self, rep_idx, z):
         """rep_idx (B,) replicate indices; z (B, K, 2) log noise levels -> (loglik (B, K), err (B, K))."""
         B, K = z.shape[:2]
         if B == 0 or K == 0:
             return np.zeros((B, K)), np.zeros((B, K))
-        Bp, Kp = _bucket(B), _bucket(K)
-        idx = np.concatenate([rep_idx, np.full(Bp - B, rep_idx[0], rep_idx.dtype)])
-        zp = np.zeros((Bp, Kp, 2))
-        zp[:B, :K] = z
-        zp[:B, K:] = z[:, :1]
-        zp[B:] = zp[:1]
-        sx, sw = np.exp(zp[..., 0]), np.exp(zp[..., 1])
-        t0 = time.perf_counter()
+        sx, sw = np.exp(z[..., 0]), np.exp(z[..., 1])
         if self.grid is not None:
-            res = self.grid(self.y[idx], self.x[idx], self.w[idx], sx, sw, float(self.model.y_noise))
-            ll, err = np.asarray(res.loglik), np.asarray(res.err)
-        else:
-            dt = self.x.dtype
-            ll, err = self.fn(self.y[idx], self.x[idx], self.w[idx], jnp.asarray(sx, dt), jnp.asarray(sw, dt))
-            ll, err = np.asarray(ll, np.float64), np.asarray(err, np.float64)
-        shape = (Bp, Kp)
-        if shape not in self.seen:
-            self.seen.add(shape)
-            self.compile_time += time.perf_counter() - t0
-        return ll[:B, :K], err[:B, :K]
+            res = self.grid(self.y[rep_idx], self.x[rep_idx], self.w[rep_idx], sx, sw, float(self.model.y_noise))
+            return np.asarray(res.loglik, np.float64), np.asarray(res.err, np.float64)
+        rows = np.repeat(np.asarray(rep_idx), K)
+        n = rows.size
+        P = CHUNK if self.model.name == "marginal" else CHEAP_CHUNK
+        total = -(-n // P) * P
+        rows = np.concatenate([rows, np.full(total - n, rows[0])])
+        fx = np.concatenate([sx.ravel(), np.full(total - n, sx.flat[0])])
+        fw = np.concatenate([sw.ravel(), np.full(total - n, sw.flat[0])])
+        dt = self.x.dtype
+        ll = np.empty(total)
+        er = np.empty(total)
+        for c in range(0, total, P):
+            r = rows[c:c + P]
+            t0 = time.perf_counter()
+            a, e = self.fn(self.y[r], self.x[r], self.w[r], jnp.asarray(fx[c:c + P], dt), jnp.asarray(fw[c:c + P], dt))
+            ll[c:c + P], er[c:c + P] = np.asarray(a, np.float64), np.asarray(e, np.float64)
+            if self.first:
+                self.compile_time += time.perf_counter() - t0
+                self.first = False
+        return ll[:n].reshape(B, K), er[:n].reshape(B, K)
 
 
 # ---------------------------------------------------------------------------------------------
