@@ -92,6 +92,14 @@ FIT = Path(os.environ.get("NOISYDOT_FIT", "../outputs/fit"))
 fit = json.loads((FIT / "fit.json").read_text())
 print(f"model {fit['model']}, prior {fit['prior']}: N = {fit['n_obs']} observations, M = {fit['n_inputs']} inputs")
 pd.read_csv(FIT / "summary.csv", index_col=0)""",
+    """md:## Did the sampler converge?
+R-hat and effective sample sizes against the project's thresholds (`diagnostics.THRESHOLDS`); a fit below
+them says so here and in the run's log. Run longer before trusting such a fit.""",
+    """conv = fit["convergence"]
+print("converged by the thresholds" if conv["ok"] else "BELOW the thresholds:")
+for w in conv["warnings"]:
+    print("  -", w)
+pd.Series(conv["thresholds"], name="threshold").to_frame()""",
     """md:## Traces and posterior""",
     """idata = az.from_netcdf(FIT / "posterior.nc")
 axes = az.plot_trace(idata, var_names=["x_noise_lvl", "w_noise_lvl"])
