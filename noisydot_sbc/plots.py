@@ -22,7 +22,8 @@ from . import sbc
 from .diagnostics import THRESHOLDS
 
 __all__ = ["plot_ecdf", "plot_rank_histograms", "plot_zscore_contraction", "plot_diagnostics", "plot_ppc",
-           "plot_degeneracy_map", "plot_sweep_summary"]
+           "plot_degeneracy_map", "plot_sweep_summary", "plot_study_ecdf", "plot_reference_discrepancy",
+           "plot_reference"]
 
 BAND_LABEL = "{:.0%} simultaneous band"
 
@@ -381,4 +382,142 @@ def plot_sweep_summary(ds) -> Figure:
     axes[1].set_title("cost")
     axes[2].set_title("degeneracy")
     axes[3].set_title("identifiability of σw")
+    return fig
+
+
+# --------------------------------------------------------------------------- the study
+def _ecdf_diff_panel(ax, ds, alpha: float, colors, quantities) -> tuple[int, float]:
+    """ECDF − z of every quantity of one cell on ``ax`` with the cell's simultaneous band;
+    returns (replicates tested, largest |value| of band and curves) for the shared y-range."""
+    ok = _ok(ds)
+    num_ranks = _num_ranks(ds)
+    ranks = np.asarray(ds["rank"].transpose("replicate", "quantity").values)[ok]
+    n = ranks.shape[0]
+    band = sbc.ecdf_simultaneous_band(n, num_ranks, alpha=alpha)
+    zb = np.concatenate([[0.0], band.z, [1.0]])
+    lo = np.concatenate([[0.0], band.lower_diff, [0.0]])
+    hi = np.concatenate([[0.0], band.upper_diff, [0.0]])
+    ax.fill_between(zb, lo, hi, step="post", color="0.88", label=BAND_LABEL.format(1 - alpha))
+    names = [str(q) for q in ds["quantity"].values]
+    m = float(max(np.max(np.abs(lo)), np.max(np.abs(hi))))
+    for q in quantities:
+        if q not in names:
+            continue
+        z, f = _ecdf_on_grid(ranks[:, names.index(q)], num_ranks)
+        ax.plot(z, f - z, drawstyle="steps-post", color=colors[quantities.index(q)], lw=1.2, label=q)
+        m = max(m, float(np.max(np.abs(f - z))))
+    ax.axhline(0, color="0.4", lw=0.5)
+    ax.set_xlim(0, 1)
+    return n, m
+
+
+def plot_study_ecdf(cells: dict, alpha: float = 0.05, p_values: dict | None = None, title: str = "") -> Figure:
+    """The study's grid of rank-ECDF differences: ``cells`` maps (row label, column label) ->
+    results Dataset (rows: model/inference, columns: regime = prior x design). Each panel shows
+    ECDF − z of every quantity (one colour per quantity) inside that cell's simultaneous
+    ``1 - alpha`` band (its own replicate count); ``p_values`` maps the same keys to a text (e.g.
+    the cell's smallest Holm-adjusted p) shown in the panel title. Empty grid positions are blank."""
+    if not cells:
+        raise ValueError("cells is empty: nothing to plot")
+    rows = list(dict.fromkeys(k[0] for k in cells))
+    cols = list(dict.fromkeys(k[1] for k in cells))
+    quantities = list(dict.fromkeys(str(q) for ds in cells.values() for q in ds["quantity"].values))
+    colors = sns.color_palette("deep", len(quantities))
+    fig = Figure(figsize=(2.7 * len(cols) + 0.6, 2.1 * len(rows) + 1.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=True)
+    ymax, first = 0.0, None
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            if (r, c) not in cells:
+                ax.set_axis_off()
+                continue
+            n, m = _ecdf_diff_panel(ax, cells[(r, c)], alpha, colors, quantities)
+            ymax = max(ymax, m)
+            first = first or ax
+            extra = f", {p_values[(r, c)]}" if p_values and (r, c) in p_values else ""
+            ax.set_title(f"S={n}{extra}", fontsize=8)
+            if j == 0 or (r, cols[j - 1]) not in cells:
+                ax.set_ylabel(f"{r}\nECDF − z", fontsize=8)
+            if i == len(rows) - 1 or (rows[i + 1], c) not in cells:
+                ax.set_xlabel("z = rank/(L+1)", fontsize=8)
+            ax.tick_params(labelsize=7, labelleft=True, labelbottom=True)
+    for j, c in enumerate(cols):
+        axes[0, j].annotate(textwrap.fill(c, 30), (0.5, 1.22), xycoords="axes fraction", ha="center",
+                            va="bottom", fontsize=8, fontweight="bold")
+    ymax = min(ymax, 1.0)
+    axes[0, 0].set_ylim(-1.05 * ymax, 1.05 * ymax)
+    _figure_legend(fig, first)
+    text = f"{title + ': ' if title else ''}SBC rank ECDF − z per cell (grey: {1 - alpha:.0%} simultaneous band)"
+    fig.suptitle(textwrap.fill(text, max(40, int(16 * len(cols)))), fontsize=10)
+    return fig
+
+
+def plot_reference_discrepancy(df) -> Figure:
+    """Discrepancy to the exact posterior per cell (a study table, ``study.study_table``): median
+    Wasserstein-1 distance on the log scale (``ref_w1_log_<p>``) and median |median shift| in
+    exact-posterior sds (``ref_median_shift_<p>``), one bar per cell and parameter; a row label
+    column ``cell`` names the cells."""
+    params = [c[len("ref_w1_log_"):] for c in df.columns if c.startswith("ref_w1_log_")]
+    if not params or "cell" not in df.columns:
+        raise ValueError("df needs a 'cell' column and ref_w1_log_<parameter> columns (no reference stored)")
+    has = np.isfinite(df[[f"ref_w1_log_{p}" for p in params]].to_numpy(dtype=float)).any(axis=1)
+    sub = df[has]
+    if sub.empty:
+        raise ValueError("df: no cell has a finite reference discrepancy")
+    labels = list(sub["cell"])
+    fig = Figure(figsize=(11, 0.45 * len(labels) + 1.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    ys = np.arange(len(labels))
+    h = 0.8 / len(params)
+    colors = sns.color_palette("deep", len(params))
+    for ax, stem, title in zip(axes, ["ref_w1_log_", "ref_median_shift_"],
+                               ["Wasserstein-1 to the exact posterior (log scale, median)",
+                                "|median shift| in exact-posterior sds (median)"]):
+        for k, p in enumerate(params):
+            col = stem + p
+            vals = sub[col].to_numpy(dtype=float) if col in sub else np.full(len(sub), np.nan)
+            ax.barh(ys + (k - (len(params) - 1) / 2) * h, np.nan_to_num(vals), height=h, color=colors[k], label=p)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", color="0.9")
+        ax.set_axisbelow(True)
+    axes[1].axvline(0.3, color="k", ls="--", lw=0.8, label="0.3 sd (power control)")
+    axes[0].set_yticks(ys, labels)
+    axes[0].invert_yaxis()
+    _figure_legend(fig, axes[1])
+    fig.suptitle("Discrepancy to the exact posterior per cell", fontsize=10)
+    return fig
+
+
+def plot_reference(ds) -> Figure:
+    """One run's discrepancy to the exact posterior, per parameter: ECDFs over the non-failed
+    replicates of the Wasserstein-1 distance on the log scale (``ref_w1_log``), the median shift
+    in exact-posterior sds (``ref_median_shift``) and, when stored, the sd ratio
+    (``ref_sd_ratio``) and KL divergence (``ref_kl_log``); every variable has dims
+    (replicate, parameter)."""
+    _check(ds, ["ref_w1_log", "ref_median_shift"])
+    ok = _ok(ds)
+    names = [v for v in ("ref_w1_log", "ref_median_shift", "ref_sd_ratio", "ref_kl_log") if v in ds.variables]
+    labels = {"ref_w1_log": "W1 on the log scale", "ref_median_shift": "median shift (exact-posterior sds)",
+              "ref_sd_ratio": "sd ratio (approximate / exact)", "ref_kl_log": "KL divergence (log scale)"}
+    ref_line = {"ref_median_shift": 0.0, "ref_sd_ratio": 1.0}
+    params = [str(p) for p in ds["parameter"].values]
+    fig, axes = _figure(len(names), ncols=len(names), panel_size=(3.4, 2.9))
+    colors = sns.color_palette("deep", len(params))
+    for ax, v in zip(axes, names):
+        for k, p in enumerate(params):
+            vals = np.asarray(ds[v].sel(parameter=p).values, dtype=float)[ok]
+            vals = np.sort(vals[np.isfinite(vals)])
+            if vals.size:
+                ax.step(vals, np.arange(1, vals.size + 1) / vals.size, where="post", color=colors[k],
+                        label=f"{p} (median {np.median(vals):.3g})")
+        if v in ref_line:
+            ax.axvline(ref_line[v], color="k", lw=0.6, ls=":")
+        ax.set_xlabel(labels[v], fontsize=9)
+        ax.set_ylabel("fraction of replicates")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Discrepancy to the exact posterior ({int(ok.sum())} replicates{_n_failed_note(ok)})", fontsize=10)
     return fig
