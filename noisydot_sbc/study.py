@@ -333,7 +333,8 @@ def identifiability_table(df, datasets, fisher_sims: int = 32, n_designs: int = 
     exact-model cells (all cells when there is none), the median Fisher condition number (stored
     ``fisher_condition_number`` when any cell has it, else ``rank_designs`` at the prior median
     noise levels on ``n_designs`` designs drawn like the cell's with ``fisher_sims`` simulations;
-    ``fisher_sims=0`` skips the computation), the Cramér-Rao sd of log σ_w, the answer to "can
+    ``fisher_sims=0`` skips the computation; the strong prior's medians when a cell of the design
+    has it, the realistic device), the Cramér-Rao sd of log σ_w, the answer to "can
     σ_x and σ_w be told apart" and the designs' rank (best first, by E log I_eff,w)."""
     import pandas as pd
 
@@ -357,10 +358,12 @@ def identifiability_table(df, datasets, fisher_sims: int = 32, n_designs: int = 
         row["utility"] = np.nan
         row["fisher_source"] = "stored per replicate at the true values" if np.isfinite(stored).any() else ""
         if fisher_sims > 0 and int(row["n_obs"] or 0) > 0:
-            res = _fisher_at_prior_median(datasets[use.index[0]], fisher_sims, n_designs, seed)
+            pick = [i for i in use.index if use.loc[i, "prior"] == "strong"] or list(use.index)
+            res = _fisher_at_prior_median(datasets[pick[0]], fisher_sims, n_designs, seed)
             if not np.isfinite(row["fisher_condition_number"]):
                 row["fisher_condition_number"] = res["condition_number"]
-                row["fisher_source"] = f"rank_designs, {n_designs} drawn designs, prior-median noise"
+                row["fisher_source"] = (f"rank_designs, {n_designs} drawn designs, noise at the "
+                                        f"{use.loc[pick[0], 'prior']} prior's medians")
             row["crb_sd_log_w_noise_lvl"] = res["crb_sd_log_w_noise_lvl"]
             row["utility"] = res["utility"]
         cw = row["contraction_log_w_noise_lvl"]

@@ -157,3 +157,38 @@ def test_diagnostics_figure_from_declared_nuts_stats():
     assert ds["n_leapfrog"].attrs["level"] == "replicate" and ds["lp"].attrs["level"] == "draw"
     titles = [a.get_title().split(" (")[0] for a in _visible_axes(plots.plot_diagnostics(ds))]
     assert titles == ["divergences per fit", "R-hat", "bulk ESS", "tail ESS", "E-BFMI per chain", "n_leapfrog"]
+
+
+def test_plot_reference_ecdfs_of_the_discrepancy(ds, tmp_path):
+    rng = np.random.default_rng(3)
+    w1 = np.abs(rng.normal(0.1, 0.05, size=(S, 2)))
+    shift = rng.normal(0, 0.2, size=(S, 2))
+    w1[:2] = shift[:2] = np.nan  # the failed replicates
+    ref = results.add_variables(ds, {"ref_w1_log": (("replicate", "parameter"), w1),
+                                     "ref_median_shift": (("replicate", "parameter"), shift)})
+    fig = plots.plot_reference(ref)
+    axes = _visible_axes(fig)
+    assert len(axes) == 2  # W1 and median shift (no sd ratio or KL stored)
+    x_curve = axes[0].lines[0]
+    np.testing.assert_allclose(x_curve.get_xdata(), np.sort(w1[2:, 0]))  # failed replicates left out
+    np.testing.assert_allclose(x_curve.get_ydata()[-1], 1.0)
+    assert f"{np.median(w1[2:, 0]):.3g}" in axes[0].get_legend().get_texts()[0].get_text()
+    assert "118 replicates, 2 failed excluded" in fig._suptitle.get_text()
+    fig.savefig(tmp_path / "ref.png")
+    with pytest.raises(ValueError, match="ref_w1_log"):
+        plots.plot_reference(ds)
+
+
+def test_plot_study_ecdf_grid_places_cells(ds, tmp_path):
+    fig = plots.plot_study_ecdf({("marginal/nuts", "M=1"): ds, ("gaussian/nuts", "M=8"): ds},
+                                p_values={("marginal/nuts", "M=1"): "Holm p 0.5"})
+    axes = fig.axes
+    assert len(axes) == 4 and sum(a.get_visible() and a.axison for a in axes) == 2  # 2 of the 2x2 grid blank
+    first = axes[0]
+    assert first.get_title() == "S=118, Holm p 0.5"
+    z, f = plots._ecdf_on_grid(np.asarray(ds["rank"].values)[2:, 0], L)
+    np.testing.assert_allclose(first.lines[0].get_ydata(), f - z)  # quantity 1 of the cell, failed left out
+    assert len(first.lines) == len(QUANT) + 1  # one curve per quantity + the zero line
+    fig.savefig(tmp_path / "grid.png")
+    with pytest.raises(ValueError, match="cells"):
+        plots.plot_study_ecdf({})

@@ -132,7 +132,7 @@ def test_write_study_report_writes_table_figures_and_findings(tmp_path):
     md = (docs / "results.md").read_text()
     assert md.count("\n| ") >= 5 + 1  # header + 4 cells in the main table, plus the other tables
     assert "Positive control: all 2 cells of the exact models" in md
-    assert "The Gaussian approximation is miscalibrated in 1 of 1 cells: gaussian/nuts under the strong prior" in md
+    assert "The Gaussian approximation is miscalibrated in 1 of 1 cell: gaussian/nuts under the strong prior" in md
     assert "Negative control (naive prior, gaussian/quadrature" in md and "detected as miscalibrated" in md
     assert "Distance to the exact posterior, gaussian/nuts" in md
     assert "figures/study_ecdf_weak.png" in md and "figures/study_reference.png" in md
