@@ -12,7 +12,7 @@ replicate of a batch as ONE compiled computation.
 * Run length: a fixed ``num_samples``, or (``Schedule.target_ess``) a pilot of ``num_samples``
   then each replicate continued to the length its pilot ESS predicts (see :func:`run_chains`).
 * Progress: an optional ``progress(done_fraction)`` callback, called from inside the compiled
-  loop every ``PROGRESS_EVERY`` steps (``jax.debug.callback``); it does not change the draws.
+  loop every ``progress_every`` steps (default ``PROGRESS_EVERY``) (``jax.debug.callback``); it does not change the draws.
 
 The driver knows the kernel only through :class:`~noisydot_sbc.inference.kernel.Kernel`.
 """
@@ -40,7 +40,7 @@ __all__ = ["CHAIN_METHODS", "Schedule", "ChainResult", "run_chains", "find_init"
 CHAIN_METHODS = ("sequential", "vectorized", "parallel", "auto")
 INIT_RADIUS = 1.0  # chains start uniformly within ±1 of the prior median in unconstrained space
 INIT_ATTEMPTS = 100
-PROGRESS_EVERY = 256  # steps of the compiled loop between two progress reports
+PROGRESS_EVERY = 1024  # steps of the compiled loop between two progress reports (each costs a host round trip)
 ESS_MARGIN = 1.2  # continue to 1.2x the length the pilot predicts for the target ESS
 
 
@@ -160,7 +160,8 @@ def _block_init(kernel, k_init, k_run, data, pot):
     return state, init_ok
 
 
-def _block_loop(kernel, k_run, data, state, buf, n_lf, total, sched, keep_idx, progress_id, freeze):
+def _block_loop(kernel, k_run, data, state, buf, n_lf, total, sched, keep_idx, progress_id, freeze,
+                progress_every=PROGRESS_EVERY):
     """Step every chain until each has ``total`` iterations (an int, or (B,) per replicate).
 
     ``buf`` (B, C, slots + 1, K + n_stats): kept coordinates then the declared stats, one scatter
@@ -205,7 +206,7 @@ def _block_loop(kernel, k_run, data, state, buf, n_lf, total, sched, keep_idx, p
                 jax.debug.callback(_progress_trampoline, progress_id[0], done)
                 return None
 
-            lax.cond(n % PROGRESS_EVERY == 0, report, lambda _: None, None)
+            lax.cond(n % progress_every == 0, report, lambda _: None, None)
             out = out + (n,)
         return out
 
@@ -242,7 +243,8 @@ def _block_fixed(keys, data, ids, pot, kernel_factory, sched, progress):
     buf = _new_buffer(B, C, nd, keep_idx.size, kernel, pot.dtype)
     total = sched.num_warmup + sched.num_samples
     state, buf, n_lf = _block_loop(kernel, k_run, data, state, buf, jnp.zeros((B, C), jnp.int32), total, sched,
-                                   keep_idx, ids if progress else None, freeze=False)
+                                   keep_idx, ids if progress else None, freeze=False,
+                                   progress_every=max(1, progress))
     out = _unpack_buffer(buf[:, :, :nd], kernel, keep_idx.size)
     out["init_ok"] = init_ok
     out["n_leapfrog"] = n_lf
@@ -259,7 +261,8 @@ def _block_pilot(keys, data, ids, pot, kernel_factory, sched, progress):
     buf = _new_buffer(B, C, slots, keep_idx.size, kernel, pot.dtype)
     total = sched.num_warmup + sched.num_samples
     state, buf, n_lf = _block_loop(kernel, k_run, data, state, buf, jnp.zeros((B, C), jnp.int32), total, sched,
-                                   keep_idx, ids if progress else None, freeze=True)
+                                   keep_idx, ids if progress else None, freeze=True,
+                                   progress_every=max(1, progress))
     return state, buf, n_lf, init_ok
 
 
@@ -268,7 +271,7 @@ def _block_continue(keys, data, ids, state, buf, n_lf, totals, pot, kernel_facto
     kernel, _, k_run, data = _block_setup(keys, data, pot, kernel_factory, sched)
     keep_idx = kept_indices(pot)
     state, buf, n_lf = _block_loop(kernel, k_run, data, state, buf, n_lf, totals, sched, keep_idx,
-                                   ids if progress else None, freeze=True)
+                                   ids if progress else None, freeze=True, progress_every=max(1, progress))
     out = _unpack_buffer(buf[:, :, :-1], kernel, keep_idx.size)
     out["n_leapfrog"] = n_lf
     return out
@@ -446,7 +449,8 @@ def _pilot_lengths(z_pilot, ok, sched: Schedule) -> np.ndarray:
 
 
 def run_chains(key, model, data: dict, kernel_factory: Callable, schedule: Schedule, chain_method: str = "auto",
-               *, keep_sites=None, drop_sites=None, progress: Optional[Callable] = None) -> ChainResult:
+               *, keep_sites=None, drop_sites=None, progress: Optional[Callable] = None,
+               progress_every: int = PROGRESS_EVERY) -> ChainResult:
     """Run ``kernel_factory(potential, num_warmup, data_proto) -> Kernel`` on every replicate of ``data``.
 
     ``model``: a NumPyro model callable or a :class:`noisydot_sbc.models.Model`; ``data``: dict of
@@ -461,6 +465,10 @@ def run_chains(key, model, data: dict, kernel_factory: Callable, schedule: Sched
     spaced over its own run, and ``num_samples[s]`` says how many iterations that run had.
     """
     _check_schedule(schedule)
+    if isinstance(progress_every, bool) or not isinstance(progress_every, (int, np.integer)) or progress_every < 1:
+        raise ValueError(f"progress_every must be a positive integer, got {progress_every!r}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be a callable(fraction) or None, got {type(progress).__name__}")
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
     S = check_data(data)
@@ -477,7 +485,7 @@ def run_chains(key, model, data: dict, kernel_factory: Callable, schedule: Sched
         keep_sites = resolve_keep_sites(model, keep_sites)
     sites = ("drop", tuple(drop_sites)) if drop_sites is not None else ("keep", keep_sites)
     base_key = (model_cache_key(model), kernel_factory, schedule, shapes, sites, method, n_dev, str(keys.dtype),
-                bool(jax.config.jax_enable_x64), progress is not None)
+                bool(jax.config.jax_enable_x64), int(progress_every) if progress is not None else 0)
     pot_box = {}
 
     def potential():
@@ -496,7 +504,7 @@ def run_chains(key, model, data: dict, kernel_factory: Callable, schedule: Sched
             def build():
                 pot = potential()
                 block = partial(_block_fixed, pot=pot, kernel_factory=kernel_factory, sched=schedule,
-                                progress=progress is not None)
+                                progress=int(progress_every) if progress is not None else 0)
                 return _with_constrain(_distribute(block, method, n_dev), pot), (pot, _stat_specs(pot, kernel_factory, schedule, data))
 
             (exe, (pot, specs)), compile_time = _compiled(base_key + ("fixed",), build, (keys, data, ids))
@@ -508,7 +516,8 @@ def run_chains(key, model, data: dict, kernel_factory: Callable, schedule: Sched
             num_samples = np.full(S, schedule.num_samples, np.int64)
         else:
             samples, stats, num_samples, wall_time, compile_time, (pot, specs) = _run_adaptive(
-                keys, data, ids, S, S_pad, base_key, potential, kernel_factory, schedule, method, n_dev, reporter)
+                keys, data, ids, S, S_pad, base_key, potential, kernel_factory, schedule, method, n_dev, reporter,
+                progress_every)
     finally:
         _REPORTER["current"] = None
 
@@ -539,9 +548,10 @@ def _stat_specs(pot, kernel_factory, schedule, data) -> tuple:
     return tuple(kernel_factory(pot, schedule.num_warmup, proto).stats)
 
 
-def _run_adaptive(keys, data, ids, S, S_pad, base_key, potential, kernel_factory, sched, method, n_dev, reporter):
-    progress_on = reporter is not None
-
+def _run_adaptive(keys, data, ids, S, S_pad, base_key, potential, kernel_factory, sched, method, n_dev, reporter,
+                  progress_every):
+    progress_on = int(progress_every) if reporter is not None else 0
+    
     def build_pilot():
         pot = potential()
         block = partial(_block_pilot, pot=pot, kernel_factory=kernel_factory, sched=sched, progress=progress_on)
@@ -553,9 +563,11 @@ def _run_adaptive(keys, data, ids, S, S_pad, base_key, potential, kernel_factory
     wall = time.perf_counter() - t0
     K = kept_indices(pot).size
     nd_pilot = sched.num_draws
+    t0 = time.perf_counter()  # the host-side ESS step counts as sampling time
     z_pilot = np.asarray(buf[:S, :, :nd_pilot, :K])
     ok = np.asarray(init_ok[:S]).all(axis=1) & np.all(np.isfinite(z_pilot), axis=(1, 2, 3))
     need = _pilot_lengths(z_pilot, ok, sched)
+    wall += time.perf_counter() - t0
     need_pad = np.concatenate([need, np.full(S_pad - S, sched.num_samples, np.int64)])
     totals = jnp.asarray(sched.num_warmup + need_pad, jnp.int32)
     if reporter is not None:  # the continuation reports all completed iterations, pilot included

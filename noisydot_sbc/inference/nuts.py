@@ -456,7 +456,7 @@ class FitResult(NamedTuple):
 
 
 def fit_batch(key, model, data: dict, config: NUTSConfig = NUTSConfig(), keep_sites=None, drop_sites=None,
-              progress=None) -> FitResult:
+              progress=None, progress_every: Optional[int] = None) -> FitResult:
     """Fit ``model(**data_s)`` for every replicate s with NUTS, all in one compiled computation.
 
     data: dict name -> array with leading replicate axis S (e.g. x (S,N,M), w (S,M), y (S,N)).
@@ -465,13 +465,14 @@ def fit_batch(key, model, data: dict, config: NUTSConfig = NUTSConfig(), keep_si
     A replicate whose initialisation or sampling produced non-finite values is flagged in
     ``failed`` (its draws are NaN) and explained in ``error``; the batch still completes.
     """
-    from .driver import run_chains
+    from .driver import PROGRESS_EVERY, run_chains
 
     if not isinstance(config, NUTSConfig):
         raise ValueError(f"config must be a NUTSConfig, got {type(config).__name__}")
     config.validate()
     res = run_chains(key, model, data, NUTSKernel.from_config(config), _schedule(config), config.chain_method,
-                     keep_sites=keep_sites, drop_sites=drop_sites, progress=progress)
+                     keep_sites=keep_sites, drop_sites=drop_sites, progress=progress,
+                     progress_every=PROGRESS_EVERY if progress_every is None else progress_every)
     return FitResult(res.samples, res.sample_stats, res.chain_method, res.wall_time, res.compile_time, res.failed,
                      res.error, res.n_grad, res.num_samples)
 
