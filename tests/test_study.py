@@ -71,24 +71,40 @@ def test_holm_matches_a_hand_computed_case():
 
 def test_detection_power_is_the_size_without_defect_and_high_with_a_large_one():
     rng = np.random.default_rng(1)
-    uniform_u = rng.random(4000)
-    size = study.detection_power(rng, uniform_u, num_ranks=99, n_replicates=100, level=0.05, n_resamples=400)
+    uniform = lambda g, n: g.random(n)
+    size = study.detection_power(rng, uniform, num_ranks=99, n_replicates=100, level=0.05, n_resamples=400)
     assert 0.015 <= size <= 0.095  # 0.05 ± 3.5 binomial sds of 400 resamples
-    narrow_u = stats.norm.cdf(rng.normal(size=4000) / 0.5)  # posterior half as wide as it should be
-    assert study.detection_power(rng, narrow_u, 99, 100, 0.05, n_resamples=100) >= 0.95
-    # the defect applied to calibrated draws: widths x0.8 is detected less often than x0.5 is
-    t = rng.normal(size=3000)
-    d = t[:, None] + 0.3 * rng.normal(size=(3000, 1)) + 0.3 * rng.normal(size=(3000, 200))
-    u_none = study.defect_cdf(t, d, study.NO_DEFECT)
-    assert stats.kstest(u_none, "uniform").pvalue > 1e-3  # the construction is calibrated
-    p08 = study.detection_power(rng, study.defect_cdf(t, d, study.DEFECTS[0]), 99, 100, 0.05, n_resamples=100)
-    p05 = study.detection_power(rng, study.defect_cdf(t, d, study.Defect("w0.5", "scale", 0.5)), 99, 100, 0.05,
-                                n_resamples=100)
-    assert p08 < p05 and p05 >= 0.95
-    u_shift = study.defect_cdf(t, d, study.DEFECTS[2])
-    assert np.mean(u_shift) < 0.45  # draws shifted up: the truth falls low in them
+    narrow = lambda g, n: stats.norm.cdf(g.normal(size=n) / 0.5)  # posteriors half as wide as they should be
+    assert study.detection_power(rng, narrow, 99, 100, 0.05, n_resamples=100) >= 0.95
     with pytest.raises(ValueError, match="n_replicates"):
-        study.detection_power(rng, uniform_u, 99, 1, 0.05)
+        study.detection_power(rng, uniform, 99, 1, 0.05)
+    with pytest.raises(ValueError, match="cdf_sampler"):
+        study.detection_power(rng, lambda g, n: np.full(n, 2.0), 99, 10, 0.05, n_resamples=1)
+
+
+def test_defect_sampler_on_stored_draws():
+    rng = np.random.default_rng(2)
+    S, D = 300, 99
+    draws = rng.normal(size=(S, 1)) + 0.3 * rng.gamma(4.0, size=(S, D))  # skewed posteriors
+    none = study.DefectSampler(draws, study.NO_DEFECT)
+    # without a defect u is the fresh uniform quantile itself
+    u = none(np.random.default_rng(5), 1000)
+    g = np.random.default_rng(5)
+    g.integers(0, S, size=1000)
+    np.testing.assert_allclose(u, g.random(1000), atol=1e-12)
+    # the size at S equal to the stored replicates stays nominal (resampling stored ranks would not)
+    size = study.detection_power(rng, none, 99, S, 0.05, n_resamples=300)
+    assert size <= 0.095
+    # at 60 replicates: width x0.8 is detected sometimes, x0.5 nearly always
+    p08 = study.detection_power(rng, study.DefectSampler(draws, study.DEFECTS[0]), 99, 60, 0.05, n_resamples=100)
+    p05 = study.detection_power(rng, study.DefectSampler(draws, study.Defect("w0.5", "scale", 0.5)), 99, 60, 0.05,
+                                n_resamples=100)
+    assert size < p08 < p05 and p08 < 0.9 and p05 >= 0.95
+    shift = study.DefectSampler(draws, study.DEFECTS[2])(rng, 4000)
+    # draws shifted up by 0.3 sd: the truth falls low, u = P(Z < z - 0.3) on average (about 0.38 for normals)
+    assert 0.33 < np.mean(shift) < 0.43
+    with pytest.raises(ValueError, match="draws_log"):
+        study.DefectSampler(draws[:, :1], study.NO_DEFECT)
 
 
 def test_verdicts_flag_the_miscalibrated_cell_only():
