@@ -43,6 +43,15 @@ def main(cfg: DictConfig):
     except config.ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    reason = config.left_out(cfg)
+    if reason is not None:  # a study cell that leaves this design out (conf/study_cell/): say so, fit nothing
+        from noisydot_sbc.rundir import output_dir
+
+        out = output_dir(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "left_out.txt").write_text(reason + "\n")
+        print(f"left out: {reason}", file=sys.stderr)
+        return {"left_out": reason}
     run = _tasks_run()
     try:
         return run(cfg)

@@ -20,6 +20,7 @@ sampler    the inference method's own frozen  nuts (``inference.nuts.NUTSConfig`
            config (base_<method>)             (``inference.quadrature.QuadratureConfig``)
 sbc        SBCConfig (base_sbc)               default, small
 data       DataConfig (base_data)             sample
+study      StudyConfig (node ``study``)       set by the cells of ``experiment=study`` (conf/study_cell/)
 top level  Config (base_config)               seed, precision, progress, output_dir
 =========  =================================  =====================================================
 
@@ -348,6 +349,33 @@ def method_config_of(sampler_cfg):
     return obj if out is None else out
 
 
+# ----------------------------------------------------------------------------- study cell
+@dataclass
+class StudyConfig:
+    """Which cell of the calibration study a run is (``python run.py -m experiment=study``).
+
+    Set by the ``study_cell`` options (conf/study_cell/*.yaml); outside the study ``cell`` is
+    None. It names the run folder and never changes the results (it is not in the fingerprint).
+    A cell may leave out designs where its fit is too costly: the run then writes
+    ``left_out.txt`` (the reason) in its folder and fits nothing."""
+
+    cell: Optional[str] = None  # e.g. "marginal-nuts-weak": model-inference-prior
+    leave_out_designs: List[str] = field(default_factory=list)  # design names this cell does not run
+    leave_out_reason: str = ""
+
+    def validate(self):
+        if self.leave_out_designs and not self.leave_out_reason.strip():
+            _fail("study.leave_out_reason", "must say why study.leave_out_designs are left out")
+
+
+def left_out(cfg) -> Optional[str]:
+    """The reason the study leaves this run's cell out for its design, or None (run it)."""
+    study = cfg.get("study") if hasattr(cfg, "get") else None
+    if study is None or str(cfg.design.name) not in [str(d) for d in study.leave_out_designs]:
+        return None
+    return f"study cell {study.cell} leaves out design {cfg.design.name}: {study.leave_out_reason}"
+
+
 # ----------------------------------------------------------------------------- top level
 @dataclass
 class Config:
@@ -365,6 +393,7 @@ class Config:
     progress: bool = True  # progress bar on long runs (does not change results)
     output_dir: Optional[str] = None  # outside Hydra (compose API, notebooks): the folder to write to
     host_devices: Optional[int] = None  # CPU only: split replicates over this many XLA host devices (parallel mode)
+    study: StudyConfig = field(default_factory=StudyConfig)  # the study cell (experiment=study); no effect on results
 
 
 def register() -> ConfigStore:
@@ -384,7 +413,18 @@ def register() -> ConfigStore:
     for name, cls in METHOD_CONFIGS.items():
         schema = cls if not getattr(cls, "__dataclass_params__").frozen else mutable_schema(cls)
         cs.store(group="sampler", name=f"base_{name}", node=schema)
+    cs.store(group="hydra/launcher", name="local", node=local_launcher())
     return cs
+
+
+def local_launcher() -> dict:
+    """``hydra/launcher=local``, the launcher of ``experiment=study``: Hydra's joblib launcher (one
+    job per core, ``hydra.launcher.n_jobs`` to change) when hydra-joblib-launcher is installed
+    (``pip install -e ".[launchers]"``), else Hydra's basic launcher (one job after another). A
+    defaults list cannot fall back on a missing plugin by itself, hence this node."""
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
+        return {"defaults": ["joblib", "_self_"], "n_jobs": -1}
+    return {"defaults": ["basic", "_self_"]}
 
 
 def _run_suffix(override_dirname: str) -> str:
@@ -443,6 +483,9 @@ def validate_config(cfg) -> None:
         obj.validate()
     if cfg.get("host_devices") is not None:
         _int("host_devices", cfg.host_devices, 1)
+    if cfg.get("study") is not None:
+        study = OmegaConf.to_container(cfg.study, resolve=True) if isinstance(cfg.study, DictConfig) else cfg.study
+        _to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), study), "study").validate()
     if TASKS[task_name].reads_data:
         for key, resolve in (("data.path", data_path), ("data.weights_path", weights_path)):
             p = resolve(cfg)
