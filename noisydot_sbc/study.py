@@ -245,6 +245,15 @@ def _stored_fisher(ds) -> float:
     return float(np.median(v)) if v.size else np.nan
 
 
+def _cell_seconds(ds) -> float:
+    """Fit time of a cell: the fits' wall-time shares (all replicates) plus the stored compile time."""
+    if "wall_time_share" not in ds.variables:
+        return np.nan
+    t = np.asarray(ds["wall_time_share"].values, dtype=float)
+    compile_time = float(ds.attrs.get("compile_time", 0.0) or 0.0)
+    return float(np.nansum(t) + compile_time)
+
+
 def study_table(datasets, alpha: float = STUDY_ALPHA):
     """One row per cell (a list of results Datasets), with Holm-adjusted ECDF p-values over the
     whole study (all cells x quantities), the smallest adjusted p of each cell and its verdict.
@@ -262,7 +271,7 @@ def study_table(datasets, alpha: float = STUDY_ALPHA):
         run = summarize_run(ds)
         run = {k: v for k, v in run.items() if k not in ("model", "prior", "inference")}
         rows.append({**cell_identity(ds), **run, **reference_summary(ds),
-                     "fisher_condition_number": _stored_fisher(ds)})
+                     "fisher_condition_number": _stored_fisher(ds), "cell_seconds": _cell_seconds(ds)})
     df = pd.DataFrame(rows)
     p_cols = [c for c in df.columns if c.startswith("ecdf_p_")]
     pvals = df[p_cols].to_numpy(dtype=float)
@@ -486,7 +495,7 @@ def _results_table_md(df) -> str:
               + [f"ECDF p {q} (Holm)" for q in qs]
               + [f"90% coverage ({', '.join(qs)})", "z mean ± sd σ_x", "z mean ± sd σ_w",
                  "contraction σ_x / σ_w", "W1 log σ_x / σ_w", "|median shift| σ_x / σ_w (sd)",
-                 "divergent fits", "s per fit"]
+                 "divergent fits", "s per fit", "cell fit time (s)"]
               + [f"power {d.name}" for d in DEFECTS] + ["verdict"])
     rows = []
     for _, r in df.iterrows():
@@ -497,7 +506,7 @@ def _results_table_md(df) -> str:
             + ["/".join(_fmt(r[f"coverage90_{q}"], ".2f") for q in qs)]
             + [f"{_fmt(r[f'z_mean_{p}'], '.2f')} ± {_fmt(r[f'z_sd_{p}'], '.2f')}" for p in PARAMS]
             + [_pair(r, contraction, ".2f"), _pair(r, "ref_w1_log_", ".2g"), _pair(r, "ref_median_shift_", ".2g"),
-               _fmt(r["divergent_fraction"], ".1%"), _fmt(r["seconds_per_fit"], ".2g")]
+               _fmt(r["divergent_fraction"], ".1%"), _fmt(r["seconds_per_fit"], ".2g"), _fmt(r["cell_seconds"], ".0f")]
             + [_fmt(r.get(f"power_{_col(d.name)}", np.nan), ".2f") for d in DEFECTS]
             + [f"**{r['verdict']}**" if r["verdict"] == "miscalibrated" else r["verdict"]])
     return _markdown_table(header, rows)
@@ -588,7 +597,10 @@ def findings(df, ident=None, control_label: str | None = None) -> list[str]:
     sec = df[np.isfinite(df["seconds_per_fit"].to_numpy(dtype=float))]
     if len(sec):
         per = sec.groupby("cell", sort=False)["seconds_per_fit"].median()
-        out.append("Cost: median seconds per fit " + ", ".join(f"{c} {_fmt(v, '.2g')}" for c, v in per.items()) + ".")
+        total = float(np.nansum(df["cell_seconds"].to_numpy(dtype=float)))
+        out.append("Cost: median seconds per fit " + ", ".join(f"{c} {_fmt(v, '.2g')}" for c, v in per.items())
+                   + f"; the cells' fits took {total / 60:.1f} min in all (compile time included, sums of the "
+                   "fits' wall-time shares; the study's wall time adds simulation and summaries).")
     if ident is not None and len(ident):
         for _, r in ident.iterrows():
             out.append(f"Design {r['label']}: median contraction of log σ_w {_fmt(r['contraction_log_w_noise_lvl'], '.2f')}"
@@ -719,21 +731,21 @@ def _report_markdown(df, ident, sentences, control_label, written, docs, n_resam
         "",
         ("Negative controls with a known defect, applied on the log scale to the stored posterior draws of "
          f"{control_label}: widths (spread around the median) scaled by 0.8 and 1.25, medians shifted by 0.3 "
-         "posterior sd. Each cell's S non-failed replicates and L ranks are mimicked by resampling the defective "
-         f"posteriors' CDF at the truth and drawing Binomial(L, u) ranks ({n_resamples} resamples), tested with the "
+         "posterior sd. Each cell's S non-failed replicates and L ranks are mimicked by placing a calibrated truth at a "
+         "fresh uniform quantile of a resampled stored posterior, taking the defective posterior's CDF u there and "
+         f"drawing a Binomial(L, u) rank ({n_resamples} resamples of S ranks), tested with the "
          "same ECDF test at Holm's first threshold (a lower bound on the study's power). `none` is the control "
          "without a defect: its rejection rate is the test's size.") if control_label else
         "Not computed: no calibrated exact-model cell with stored draws.",
         "",
     ]
     if control_label:
-        cols = [c for c in df.columns if c.startswith("power_") and c.count("_") >= 2
-                and any(c.endswith(p) for p in PARAMS)]
+        pairs = [(d.name, p) for p in PARAMS for d in DEFECTS + (NO_DEFECT,) if f"power_{_col(d.name)}_{p}" in df]
+        cols = [f"power_{_col(d)}_{p}" for d, p in pairs]
         seen = {}
         for _, r in df.iterrows():
             seen.setdefault((int(r["replicates"] - r["failed"]), int(r["num_ranks"])), r)
-        header = ["S", "L"] + [c[len("power_"):].replace("_x_noise_lvl", " σ_x").replace("_w_noise_lvl", " σ_w")
-                               for c in cols]
+        header = ["S", "L"] + [f"{d} {_sym(p)}" for d, p in pairs]
         lines += [_markdown_table(header, [[s, L] + [_fmt(r[c], ".2f") for c in cols]
                                            for (s, L), r in sorted(seen.items())]), ""]
     lines += [
