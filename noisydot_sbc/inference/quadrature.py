@@ -208,6 +208,7 @@ def _log_prior_z(prior, z):
 _JIT_CACHE: dict = {}
 _SEEN_SHAPES: dict = {}
 MAP_BATCH = 4  # points per vectorised step of the exact likelihood (see _Evaluator)
+SEED_CHUNK = 32  # replicates per call of the compiled seed Newton
 CHUNK = 64  # points per call of the compiled exact likelihood (see _Evaluator)
 CHEAP_CHUNK = 2048  # points per call for closed-form likelihoods (gaussian)
 
@@ -319,15 +320,30 @@ class _Evaluator:
 # 1. seed: Newton on the Gaussian-approximation posterior (exact autodiff derivatives, cheap)
 # ---------------------------------------------------------------------------------------------
 
-def _seed_fn(prior, total_loglik, steps):
+def _prior_key(prior):
+    """(families, parameters): the families are static (compiled in), loc/scale are arguments."""
+    fams = (prior.x_noise_lvl.family, prior.w_noise_lvl.family)
+    pp = np.array([prior.x_noise_lvl.loc, prior.x_noise_lvl.scale, prior.w_noise_lvl.loc, prior.w_noise_lvl.scale],
+                  np.float64)
+    return fams, pp
+
+
+def _traced_prior(fams, pp):
+    from ..priors import Prior, ScalePrior
+
+    return Prior("traced", ScalePrior(fams[0], pp[0], pp[1]), ScalePrior(fams[1], pp[2], pp[3]))
+
+
+def _seed_fn(fams, total_loglik, steps):
     """Damped Newton (exact autodiff gradient and Hessian, eigenvalue-modified, backtracking) on
-    ``total_loglik(y, x, w, sx, sw)`` + log prior, vectorised over replicates."""
+    ``total_loglik(y, x, w, sx, sw)`` + log prior, vectorised over replicates (prior parameters
+    are arguments, so one compilation serves every prior of the same families)."""
 
-    def lp(z, y, x, w):
-        return total_loglik(y, x, w, jnp.exp(z[0]), jnp.exp(z[1])) + _log_prior_z(prior, z)
+    def lp(z, pp, y, x, w):
+        return total_loglik(y, x, w, jnp.exp(z[0]), jnp.exp(z[1])) + _log_prior_z(_traced_prior(fams, pp), z)
 
-    def newton(z0, y, x, w):
-        f = lambda z: lp(z, y, x, w)
+    def newton(z0, pp, y, x, w):
+        f = lambda z: lp(z, pp, y, x, w)
 
         def body(_, z):
             val, g = jax.value_and_grad(f)(z)
@@ -348,7 +364,7 @@ def _seed_fn(prior, total_loglik, steps):
         z = jax.lax.fori_loop(0, steps, body, z0)
         return z, -jax.hessian(f)(z), f(z)
 
-    return jax.jit(jax.vmap(newton, (0, 0, 0, 0)))
+    return jax.jit(jax.vmap(newton, (0, None, 0, 0, 0)))
 
 
 def _prior_median_z(prior):
@@ -778,16 +794,18 @@ _PRIOR_FNS: dict = {}
 
 
 def _prior_lp_fn(prior):
-    fn = _PRIOR_FNS.get(prior)
+    fams, pp = _prior_key(prior)
+    fn = _PRIOR_FNS.get(fams)
     if fn is None:
-        fn = _PRIOR_FNS[prior] = jax.jit(jax.vmap(lambda z: _log_prior_z(prior, z)))
+        fn = _PRIOR_FNS[fams] = jax.jit(jax.vmap(lambda z, pp: _log_prior_z(_traced_prior(fams, pp), z), (0, None)))
+    ppj = jnp.asarray(pp)
 
     def prior_lp(z):
         flat = np.asarray(z, np.float64).reshape(-1, 2)
         n = flat.shape[0]
         padded = np.zeros((_bucket(n), 2))
         padded[:n] = flat
-        return np.asarray(fn(jnp.asarray(padded)), np.float64)[:n].reshape(z.shape[:-1])
+        return np.asarray(fn(jnp.asarray(padded), ppj), np.float64)[:n].reshape(z.shape[:-1])
 
     return prior_lp
 
@@ -819,13 +837,19 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
         seed_key = _likelihood_key(model)
         point = _point_loglik(model)
         total = lambda y, x, w, sx, sw: point(y, x, w, sx, sw)[0]
-    seed = _cached(("seed", prior, seed_key, cfg.seed_steps), lambda: _seed_fn(prior, total, cfg.seed_steps))
+    fams, pp = _prior_key(prior)
+    seed = _cached(("seed", fams, seed_key, cfg.seed_steps), lambda: _seed_fn(fams, total, cfg.seed_steps))
     zmed = _prior_median_z(prior)
-    Bp = _bucket(B)
-    pad = np.concatenate([rep_idx, np.full(Bp - B, rep_idx[0])])
-    zs, nh, _ = seed(jnp.asarray(np.tile(zmed, (Bp, 1)), dt), data["y"][pad], data["x"][pad], data["w"][pad])
-    m = np.array(zs, np.float64)[:B]
-    nh = np.array(nh, np.float64)[:B]
+    m = np.empty((B, 2))
+    nh = np.empty((B, 2, 2))
+    for c in range(0, B, SEED_CHUNK):  # fixed-size chunks: one compiled shape
+        idx = rep_idx[c:c + SEED_CHUNK]
+        n = idx.size
+        pad = np.concatenate([idx, np.full(SEED_CHUNK - n, idx[0])])
+        zs, nh_c, _ = seed(jnp.asarray(np.tile(zmed, (SEED_CHUNK, 1)), dt), jnp.asarray(pp, dt), data["y"][pad],
+                           data["x"][pad], data["w"][pad])
+        m[c:c + n] = np.asarray(zs, np.float64)[:n]
+        nh[c:c + n] = np.asarray(nh_c, np.float64)[:n]
     bad = ~(np.isfinite(m).all(1) & np.isfinite(nh).all((1, 2)))
     m[bad] = zmed
     nh[bad] = np.eye(2)

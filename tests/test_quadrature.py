@@ -1,0 +1,270 @@
+"""Quadrature posteriors: against closed forms, brute-force dense grids and NUTS; the uncertified
+case flagged; SBC ranks uniform with a negative control rejected."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from noisydot_sbc.inference import get_method
+from noisydot_sbc.inference.quadrature import (
+    Quadrature,
+    QuadratureConfig,
+    integrate,
+    posterior_moments,
+    posterior_quantiles,
+)
+from noisydot_sbc.likelihoods import gaussian_logpdf
+from noisydot_sbc.models import Model, build_model
+from noisydot_sbc.priors import STRONG, WEAK, Prior, ScalePrior
+from noisydot_sbc.simulate import make_design, simulate_y
+
+jax.config.update("jax_enable_x64", True)
+
+PARAMS = ("x_noise_lvl", "w_noise_lvl")
+
+
+def _data(prior, S, N, M, seed=0, x_spread=None):
+    xs, ws, ys, truth = [], [], [], []
+    for s in range(S):
+        k = jax.random.fold_in(jax.random.PRNGKey(seed), s)
+        kd, kt, ky = jax.random.split(k, 3)
+        if x_spread is None:
+            d = make_design(kd, N, M)
+        else:
+            d = make_design(kd, N, M, x_dist="magnitude", x_spread=x_spread)
+        t = prior.sample(kt)
+        sx, sw = abs(float(t["x_noise_lvl"])), abs(float(t["w_noise_lvl"]))
+        truth.append((float(t["x_noise_lvl"]), float(t["w_noise_lvl"])))
+        xs.append(d.x), ws.append(d.w), ys.append(simulate_y(ky, d.x, d.w, sx, sw))
+    data = dict(x=jnp.stack(xs), w=jnp.stack(ws), y=jnp.stack(ys))
+    return data, np.array(truth)
+
+
+def _brute(model, data, b, zx, zw):
+    """Dense-grid marginals, moments and log mass of replicate b on the log scale."""
+    ZX, ZW = np.meshgrid(zx, zw, indexing="ij")
+    f = jax.jit(jax.vmap(lambda a, c: jnp.sum(gaussian_logpdf(data["y"][b], data["x"][b], data["w"][b], a, c))))
+    ll = np.asarray(f(jnp.exp(ZX.ravel()), jnp.exp(ZW.ravel()))).reshape(ZX.shape)
+    lp = ll + np.asarray(model.prior.log_prob(jnp.exp(ZX), jnp.exp(ZW))) + ZX + ZW
+    p = np.exp(lp - lp.max())
+    p /= p.sum()
+    out = {}
+    for k, (ax, mk) in enumerate(((zx, p.sum(1)), (zw, p.sum(0)))):
+        c = np.cumsum(mk)
+        mean = float((mk * ax).sum())
+        sd = float(np.sqrt((mk * (ax - mean) ** 2).sum()))
+        out[PARAMS[k]] = dict(q=np.interp([0.05, 0.5, 0.95], c - mk / 2, ax), mean=mean, sd=sd)
+    out["log_z"] = float(logsumexp(lp) + np.log((zx[1] - zx[0]) * (zw[1] - zw[0])))
+    return out
+
+
+def _max_error(res, ref, b):
+    """Largest error (log mass in nats; log-scale means, sds and 5/50/95 % quantiles in sds)."""
+    q = posterior_quantiles(res)
+    mom = posterior_moments(res)
+    worst = abs(res.log_marginal_likelihood[b] - ref["log_z"])
+    for p in PARAMS:
+        sd = ref[p]["sd"]
+        worst = max(worst, np.max(np.abs(np.log(q[p][b]) - ref[p]["q"])) / sd,
+                    abs(mom[p]["log_mean"][b] - ref[p]["mean"]) / sd, abs(mom[p]["log_sd"][b] - sd) / sd)
+    return worst
+
+
+@pytest.fixture(scope="module")
+def strong_gaussian():
+    data, truth = _data(STRONG, 3, 60, 4, seed=1)
+    model = build_model("gaussian", STRONG)
+    res = integrate(jax.random.PRNGKey(0), model, data, QuadratureConfig(num_draws=400))
+    return model, data, truth, res
+
+
+def test_config_validate_names_the_field():
+    QuadratureConfig().validate()
+    for field, bad in (("tolerance", 0.0), ("dz", -1.0), ("max_nodes", 3), ("num_draws", 0),
+                       ("chain_method", "threads"), ("max_refinements", -1), ("log_density_drop", float("nan"))):
+        with pytest.raises(ValueError, match=field):
+            QuadratureConfig(**{field: bad}).validate()
+    with pytest.raises(ValueError, match="unknown"):
+        get_method("quadrature", num_draw=5)
+    assert isinstance(get_method("quadrature", num_draws=7), Quadrature)
+    assert get_method({"name": "quadrature", "dz": 0.5}).config.dz == 0.5
+
+
+def test_refuses_latent_and_bare_callables(strong_gaussian):
+    _, data, _, _ = strong_gaussian
+    with pytest.raises(ValueError, match="latent"):
+        integrate(jax.random.PRNGKey(0), build_model("latent", STRONG), data)
+    with pytest.raises(ValueError, match="models.Model"):
+        integrate(jax.random.PRNGKey(0), build_model("gaussian", STRONG).fn, data)
+    with pytest.raises(ValueError, match="data\\['w'\\]"):
+        integrate(jax.random.PRNGKey(0), build_model("gaussian", STRONG), dict(data, w=data["w"][:, :2]))
+
+
+def test_gaussian_model_matches_dense_grid_within_its_error_estimate(strong_gaussian):
+    model, data, _, res = strong_gaussian
+    assert res.certified.all() and not res.failed.any()
+    for b in range(3):
+        q = posterior_quantiles(res)
+        lo = [np.log(q[p][b, 0]) for p in PARAMS]
+        hi = [np.log(q[p][b, 2]) for p in PARAMS]
+        zx = np.linspace(lo[0] - 3 * (hi[0] - lo[0]), hi[0] + 3 * (hi[0] - lo[0]), 900)
+        zw = np.linspace(lo[1] - 3 * (hi[1] - lo[1]), hi[1] + 3 * (hi[1] - lo[1]), 900)
+        ref = _brute(model, data, b, zx, zw)
+        err = _max_error(res, ref, b)
+        assert err <= max(res.error_estimate[b], 2e-3), (b, err, res.error_estimate[b])
+        assert res.error_estimate[b] <= 0.01
+
+
+def test_draws_are_exact_inverse_cdf_draws(strong_gaussian):
+    _, _, _, res = strong_gaussian
+    for p in PARAMS:
+        edges, cdf = res.marginals[p]
+        for b in range(3):
+            d = np.log(res.draws[p][b])
+            # KS against the exact marginal CDF (piecewise linear between the fine-grid edges)
+            ks = stats.kstest(d, lambda t: np.interp(t, edges[b], cdf[b]))
+            assert ks.pvalue > 1e-3
+
+
+def _ridge_model(prior, tau):
+    """A model with a closed-form posterior: y_n ~ N(log σ_x + log σ_w, τ²) informs only the sum of
+    the log noise levels (a ridge; the difference is the prior's alone)."""
+
+    def loglik(y, x, w, sx, sw):
+        return stats_norm_logpdf(y, jnp.log(sx) + jnp.log(sw), tau)
+
+    return Model("ridge", None, prior, 0.0, False, loglik)
+
+
+def stats_norm_logpdf(y, mean, sd):
+    return -0.5 * ((y - mean) / sd) ** 2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi)
+
+
+def test_ridge_posterior_matches_closed_form_including_the_uninformed_direction():
+    prior = Prior("ridge", ScalePrior("lognormal", -2.0, 1.0), ScalePrior("lognormal", -3.0, 2.0))
+    tau, N = 0.3, 40
+    rng = np.random.default_rng(3)
+    y = rng.normal(-5.0, tau, (2, N))
+    data = dict(x=jnp.ones((2, N, 1)), w=jnp.ones((2, 1)), y=jnp.asarray(y))
+    res = integrate(jax.random.PRNGKey(1), _ridge_model(prior, tau), data, QuadratureConfig(num_draws=2000))
+    # conjugate normal: prior N(μ0, diag(s0²)) on z; likelihood precision (N/τ²) 11ᵀ on the sum
+    mu0, P0 = np.array([-2.0, -3.0]), np.diag([1.0, 0.25])
+    A = np.ones((2, 2)) * N / tau**2
+    cov = np.linalg.inv(P0 + A)
+    q = posterior_quantiles(res)
+    for b in range(2):
+        mean = cov @ (P0 @ mu0 + np.ones(2) * y[b].sum() / tau**2)
+        # log p(y) = log N(y | 1 (μ0x + μ0w), τ² I + (s0x² + s0w²) 11ᵀ)
+        S0 = tau**2 * np.eye(N) + (1.0 + 4.0) * np.ones((N, N))
+        log_z = stats.multivariate_normal(np.full(N, mu0.sum()), S0).logpdf(y[b])
+        assert abs(res.log_marginal_likelihood[b] - log_z) < 1e-3
+        for k, p in enumerate(PARAMS):
+            sd = np.sqrt(cov[k, k])
+            exact_q = stats.norm(mean[k], sd).ppf([0.05, 0.5, 0.95])
+            assert np.max(np.abs(np.log(q[p][b]) - exact_q)) / sd < 0.01
+            assert abs(res.moments[p]["log_sd"][b] / sd - 1) < 0.01
+        assert res.certified[b]
+        # the draws see the ridge: correlation of the log draws as in the closed form
+        r = np.corrcoef(np.log(res.draws["x_noise_lvl"][b]), np.log(res.draws["w_noise_lvl"][b]))[0, 1]
+        assert abs(r - cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])) < 0.05
+
+
+def test_prior_tail_weak_prior_m1_matches_wide_dense_grid():
+    """M = 1, N = 20, weak prior, data made with σ_w = 0.001 (negligible next to σ_x = 0.3): the
+    data bound σ_w from above only, so below that the posterior is the LogNormal(0, 2) prior, far
+    into its tail; the quadrature must follow it there (or say it could not)."""
+    d = make_design(jax.random.PRNGKey(11), 20, 1)
+    y = simulate_y(jax.random.PRNGKey(12), d.x, d.w, 0.3, 0.001)
+    data = dict(x=d.x[None], w=d.w[None], y=y[None])
+    model = build_model("gaussian", WEAK)
+    res = integrate(jax.random.PRNGKey(2), model, data, QuadratureConfig(num_draws=200))
+    ref = _brute(model, data, 0, np.linspace(-6, 2, 900), np.linspace(-20, 6, 1800))
+    q = posterior_quantiles(res)
+    assert np.log(q["w_noise_lvl"][0, 1]) - np.log(q["w_noise_lvl"][0, 0]) > 1.5  # a long prior tail
+    assert ref["w_noise_lvl"]["q"][1] - ref["w_noise_lvl"]["q"][0] > 1.5
+    err = _max_error(res, ref, 0)
+    assert res.certified[0], res.error_estimate[0]
+    assert err <= max(res.error_estimate[0], 2e-3), (err, res.error_estimate[0])
+
+
+def test_uncertified_when_the_node_budget_cannot_reach_the_tolerance(strong_gaussian):
+    model, data, _, _ = strong_gaussian
+    res = integrate(jax.random.PRNGKey(0), model, data,
+                    QuadratureConfig(tolerance=1e-9, max_nodes=60, num_draws=50, max_refinements=1))
+    assert not res.certified.any()
+    assert np.all(res.error_estimate > 1e-9)
+    assert np.all(res.n_evaluations <= 60)
+    ok = ~res.failed
+    assert np.all(np.isfinite(res.draws["x_noise_lvl"][ok]))
+
+
+def test_fit_returns_a_posterior_with_declared_stats(strong_gaussian):
+    model, data, _, res = strong_gaussian
+    post = get_method("quadrature", num_draws=400).fit(jax.random.PRNGKey(0), model, data)
+    assert post.inference == "quadrature" and post.independent_draws
+    assert post.samples["x_noise_lvl"].shape == (3, 1, 400)
+    names = {s.name for s in post.stat_specs}
+    assert {"log_marginal_likelihood", "error_estimate", "certified", "n_evaluations"} <= names
+    assert all(s.level == "replicate" for s in post.stat_specs)
+    np.testing.assert_allclose(post.fit_stats["log_marginal_likelihood"], res.log_marginal_likelihood)
+    np.testing.assert_allclose(post.samples["w_noise_lvl"][:, 0], res.draws["w_noise_lvl"])  # same key, same draws
+    # sequential processing gives the same posterior summaries as vectorized
+    seq = integrate(jax.random.PRNGKey(0), model, data, QuadratureConfig(num_draws=400, chain_method="sequential"))
+    np.testing.assert_allclose(seq.log_marginal_likelihood, res.log_marginal_likelihood, rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_naive_prior_draws_carry_signs():
+    from noisydot_sbc.priors import NAIVE
+
+    data, _ = _data(STRONG, 1, 60, 4, seed=5)
+    res = integrate(jax.random.PRNGKey(3), build_model("gaussian", NAIVE), data, QuadratureConfig(num_draws=2000))
+    frac = np.mean(res.draws["x_noise_lvl"][0] < 0)
+    assert 0.45 < frac < 0.55  # a zero-mean Normal prior: σ and −σ equally likely
+
+
+@pytest.mark.slow
+def test_sbc_ranks_uniform_and_negative_control_rejected():
+    from noisydot_sbc.sbc import compute_ranks, ecdf_uniformity
+
+    S, L = 240, 99
+    data, truth = _data(STRONG, S, 20, 2, seed=7)
+    res = integrate(jax.random.PRNGKey(4), build_model("gaussian", STRONG), data,
+                    QuadratureConfig(num_draws=L, fine_grid=96))
+    assert not res.failed.any()
+    for k, p in enumerate(PARAMS):
+        ranks = compute_ranks(np.random.default_rng(k), truth[:, k], res.draws[p])
+        assert ecdf_uniformity(ranks, L).p_value > 0.01
+    # negative control: posterior widths scaled by 0.5 around the median (over-confident) -> rejected
+    p = "x_noise_lvl"
+    z = np.log(res.draws[p])
+    med = np.median(z, axis=1, keepdims=True)
+    narrow = np.exp(med + 0.5 * (z - med))
+    ranks = compute_ranks(np.random.default_rng(9), truth[:, 0], narrow)
+    assert ecdf_uniformity(ranks, L).p_value < 1e-3
+
+
+@pytest.mark.slow
+def test_quadrature_agrees_with_nuts_on_a_small_case():
+    data, _ = _data(STRONG, 2, 40, 3, seed=13)
+    model = build_model("gaussian", STRONG)
+    res = integrate(jax.random.PRNGKey(5), model, data, QuadratureConfig(num_draws=100))
+    nuts = get_method("nuts", num_warmup=400, num_samples=2000, num_chains=2, chain_method="vectorized")
+    post = nuts.fit(jax.random.PRNGKey(6), model, data)
+    import arviz as az
+
+    probs = (0.05, 0.5, 0.95)
+    q = posterior_quantiles(res, probs)
+    for p in PARAMS:
+        z = np.log(np.asarray(post.samples[p]))  # (S, chain, draw)
+        for b in range(2):
+            sd = res.moments[p]["log_sd"][b]
+            for k, prob in enumerate(probs):
+                nq = np.quantile(z[b], prob)
+                mcse = float(az.mcse(z[b], method="quantile", prob=prob))  # z[b]: (chain, draw)
+                # within 4 Monte Carlo standard errors of the NUTS quantile (plus 0.01 sd)
+                assert abs(nq - np.log(q[p][b, k])) < 4 * mcse + 0.01 * sd, (p, b, prob, nq, mcse)
