@@ -643,7 +643,8 @@ def write_study_report(root, docs_dir, alpha: float = STUDY_ALPHA, n_resamples: 
     simulations per Fisher information (0: use only what the cells stored); ``n_designs``: drawn
     designs per study design. Returns {"table", "identifiability" (DataFrames), "findings"
     (sentences), "paths" (written files), "control" (the power control's cell or None),
-    "skipped" (files that are not SBC results)}."""
+    "skipped" (files that are not SBC results)}. Runs that wrote ``left_out.txt`` instead of results
+    (a cell that leaves a design out) are listed with their reason."""
     from . import plots
     from ._validation import atomic_write
 
@@ -666,6 +667,10 @@ def write_study_report(root, docs_dir, alpha: float = STUDY_ALPHA, n_resamples: 
         add_power(df, control_samplers(datasets[ci]), n_resamples=n_resamples, seed=seed)
     ident = identifiability_table(df, datasets, fisher_sims=fisher_sims, n_designs=n_designs, seed=seed)
     sentences = findings(df, ident, control_label)
+    left_out = [(str(p.parent.relative_to(root)), p.read_text().strip()) for p in sorted(Path(root).rglob("left_out.txt"))]
+    if left_out:
+        sentences.append(f"{len(left_out)} runs of the sweep were left out by their cell's configuration (listed "
+                         "under 'Runs left out').")
 
     docs = Path(docs_dir)
     figs = docs / "figures"
@@ -691,7 +696,7 @@ def write_study_report(root, docs_dir, alpha: float = STUDY_ALPHA, n_resamples: 
     written["csv"] = docs / "results.csv"
     atomic_write(written["csv"], lambda p: df.to_csv(p, index=False, float_format="%.6g"))
     ident_csv_cols = [c for c in ident.columns]
-    md = _report_markdown(df, ident[ident_csv_cols], sentences, control_label, written, docs, n_resamples)
+    md = _report_markdown(df, ident[ident_csv_cols], sentences, control_label, written, docs, n_resamples, left_out)
     written["md"] = docs / "results.md"
     atomic_write(written["md"], lambda p: Path(p).write_text(md, encoding="utf-8"))
     for ds in datasets:
@@ -700,7 +705,7 @@ def write_study_report(root, docs_dir, alpha: float = STUDY_ALPHA, n_resamples: 
             "control": control_label, "skipped": skipped}
 
 
-def _report_markdown(df, ident, sentences, control_label, written, docs, n_resamples) -> str:
+def _report_markdown(df, ident, sentences, control_label, written, docs, n_resamples, left_out=()) -> str:
     alpha = df.attrs["alpha"]
     rel = lambda p: Path(p).relative_to(docs).as_posix()
     lines = [
@@ -770,6 +775,8 @@ def _report_markdown(df, ident, sentences, control_label, written, docs, n_resam
     ]
     if "reference_figure" in written:
         lines += [f"![Discrepancy to the exact posterior]({rel(written['reference_figure'])})", ""]
+    if left_out:
+        lines += ["## Runs left out", "", *[f"- `{run}`: {reason}" for run, reason in left_out], ""]
     return "\n".join(lines)
 
 

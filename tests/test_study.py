@@ -128,6 +128,7 @@ def test_write_study_report_writes_table_figures_and_findings(tmp_path):
     for i, ds in enumerate(cells):
         results.save_dataset(ds, root / str(i) / "results.nc")
     (root / "stray").mkdir()
+    (root / "stray" / "left_out.txt").write_text("latent/nuts leaves study_m1 out\n")
     out = study.write_study_report(root, tmp_path / "docs", n_resamples=40, fisher_sims=0)
     docs = tmp_path / "docs"
     assert sorted(f.name for f in (docs / "figures").iterdir()) == [
@@ -151,6 +152,7 @@ def test_write_study_report_writes_table_figures_and_findings(tmp_path):
     assert "The Gaussian approximation is miscalibrated in 1 of 1 cell: gaussian/nuts under the strong prior" in md
     assert "Negative control (naive prior, gaussian/quadrature" in md and "detected as miscalibrated" in md
     assert "Distance to the exact posterior, gaussian/nuts" in md
+    assert "- `stray`: latent/nuts leaves study_m1 out" in md
     assert "figures/study_ecdf_weak.png" in md and "figures/study_reference.png" in md
     ident = out["identifiability"]
     assert set(ident["n_inputs"]) == {2, 8} and set(ident["separable"]) == {"yes"}
