@@ -143,3 +143,135 @@ def test_cli_refuses_before_any_work(tmp_path, override, status, key):
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
         assert proc.stderr.startswith("config error: " + key)
     assert not (tmp_path / "run" / "chunks").exists()  # no fingerprint, no chunk store
+
+
+# ----------------------------------------------------------------------------- the study (experiment=study)
+STUDY_CELLS = sorted(p.stem for p in (ROOT / "conf" / "study_cell").glob("*.yaml"))
+EXACT_NUTS = ("latent_nuts_strong", "latent_nuts_weak", "marginal_nuts_strong", "marginal_nuts_weak")
+
+
+def _sweep_values(cfg, key):
+    return [v.strip() for v in str(cfg.hydra.sweeper.params[key]).split(",")]
+
+
+@pytest.fixture(scope="module")
+def study_runs():
+    """{(cell, design): composed config with hydra} for every job of `python run.py -m experiment=study`."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        base = hcompose("config", overrides=["experiment=study"], return_hydra_config=True)
+        cells, designs = _sweep_values(base, "study_cell"), _sweep_values(base, "design")
+        runs = {(c, d): hcompose("config", overrides=["experiment=study", f"study_cell={c}", f"design={d}"],
+                                 return_hydra_config=True) for c in cells for d in designs}
+    return base, cells, designs, runs
+
+
+def test_study_sweeps_every_cell_and_study_design(study_runs):
+    """The sweep is every file of conf/study_cell/ x every conf/design/study_*.yaml (none forgotten)."""
+    base, cells, designs, _ = study_runs
+    assert sorted(cells) == STUDY_CELLS and len(cells) == 11
+    assert sorted(designs) == sorted(p.stem for p in (ROOT / "conf" / "design").glob("study_*.yaml"))
+    assert base.hydra.mode.name == "MULTIRUN"
+    cb = base.hydra.callbacks.study_summary
+    assert cb._target_ == "noisydot_sbc.study.StudySummary" and cb.docs_dir == "docs"
+
+
+def test_study_cells_run_what_their_names_say(study_runs):
+    """Every job validates; a cell file <model>_<inference>_<prior> sets exactly those; the naive
+    prior (the negative control) only on Gaussian-NUTS; replicates as the study states them."""
+    _, cells, designs, runs = study_runs
+    for (c, d), cfg in runs.items():
+        validate_config(cfg)
+        model, inference, prior = c.split("_")
+        assert (cfg.model.name, cfg.sampler.name, cfg.prior.name, cfg.design.name) == (model, inference, prior, d)
+        assert cfg.study.cell == f"{model}-{inference}-{prior}"
+        assert cfg.task.name == "sbc" and cfg.progress is False
+        n = cfg.sbc.num_replicates
+        assert n == 1000 if (inference == "quadrature" or model == "gaussian") else n >= 100, (c, n)
+    assert [c for c in cells if c.endswith("_naive")] == ["gaussian_nuts_naive"]
+    assert {c.split("_")[0] for c in cells} == {"latent", "marginal", "gaussian"}
+    assert set(EXACT_NUTS) <= set(cells) and {"marginal_quadrature_strong", "gaussian_quadrature_weak"} <= set(cells)
+
+
+def test_study_designs(study_runs):
+    """M in {1, 2, 8} at N = 200 without readout noise, one with readout noise, one degenerate;
+    a cell's per-model N (it comes after the design) wins over the design's."""
+    _, _, designs, runs = study_runs
+    d = {name: runs[("gaussian_nuts_strong", name)].design for name in designs}
+    plain = [x for x in d.values() if x.y_noise == 0 and x.x_dist == "normal"]
+    assert sorted(x.n_inputs for x in plain) == [1, 2, 8] and {x.n_obs for x in d.values()} == {200}
+    noisy = [x for x in d.values() if x.y_noise > 0]
+    assert len(noisy) == 1 and noisy[0].n_inputs == 8
+    degenerate = [x for x in d.values() if x.x_dist == "magnitude"]
+    assert len(degenerate) == 1 and degenerate[0].x_spread == 0.0
+    for name in designs:
+        latent = runs[("latent_nuts_strong", name)].design
+        assert latent.n_obs == 100 and latent.n_inputs == d[name].n_inputs and latent.y_noise == d[name].y_noise
+
+
+def test_study_run_folders_are_readable_and_distinct(study_runs):
+    _, _, _, runs = study_runs
+    from omegaconf import OmegaConf
+
+    names = {k: OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"] for k, cfg in runs.items()}
+    assert len(set(names.values())) == len(names)
+    assert names[("latent_nuts_weak", "study_m1")] == "latent-nuts-weak-study_m1-N100-seed0"
+    assert names[("marginal_quadrature_strong", "study_degenerate")] == "marginal-quadrature-strong-study_degenerate-N200-seed0"
+    for (c, d), cfg in runs.items():
+        assert {"study_cell", "design", "experiment"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)
+
+
+def test_study_leaves_out_only_what_a_cell_names(study_runs):
+    """marginal NUTS under the weak prior leaves out M = 1 (minutes per fit), with its reason; nothing else is left out."""
+    _, _, _, runs = study_runs
+    out = {k for k, cfg in runs.items() if config.left_out(cfg) is not None}
+    assert out == {("marginal_nuts_weak", "study_m1")}
+    msg = config.left_out(runs[("marginal_nuts_weak", "study_m1")])
+    assert "marginal-nuts-weak" in msg and "study_m1" in msg and "quadrature" in msg
+    assert config.left_out(compose([])) is None
+    with pytest.raises(ConfigError, match=r"^study\.leave_out_reason"):
+        validate_config(compose(["study.leave_out_designs=[small]"]))
+
+
+def test_left_out_run_writes_its_reason_and_fits_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "experiment=study", "study_cell=marginal_nuts_weak",
+                           "design=study_m1", "hydra.mode=RUN", f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left out" in proc.stderr
+    assert "minutes per fit" in (run_dir / "left_out.txt").read_text()
+    assert not (run_dir / "chunks").exists() and not (run_dir / "results.nc").exists()
+
+
+def test_study_launcher_falls_back_to_basic(monkeypatch):
+    """hydra/launcher=local: joblib when its plugin is installed, else Hydra's basic launcher."""
+    import importlib.util
+
+    installed = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    assert config.local_launcher()["defaults"][0] == ("joblib" if installed else "basic")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins.hydra_joblib") else real(name, *a))
+    assert config.local_launcher() == {"defaults": ["basic", "_self_"]}
+
+
+def test_study_tiny_and_large_sizes():
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        tiny = hcompose("config", overrides=["experiment=study_tiny"], return_hydra_config=True)
+        large = {c: hcompose("config", overrides=["experiment=study_large", f"study_cell={c}", "design=study_m8"])
+                 for c in STUDY_CELLS}
+    assert _sweep_values(tiny, "study_cell") == ["gaussian_nuts_strong", "gaussian_quadrature_strong"]
+    assert _sweep_values(tiny, "design") == ["study_m2"]
+    assert (tiny.design.n_obs, tiny.design.n_inputs, tiny.sbc.num_replicates) == (30, 2, 40)
+    assert tiny.hydra.callbacks.study_summary.docs_dir == "multirun/study_tiny/report"  # the sweep folder, not docs/
+    assert tiny.hydra.launcher._target_.endswith("BasicLauncher")
+    for c, cfg in large.items():
+        validate_config(cfg)
+        assert (cfg.sbc.num_replicates, cfg.design.n_obs) == (1000, 200), c
