@@ -1,0 +1,203 @@
+"""Quadrature against NUTS: seconds per fit on the same replicates, and accuracy against long NUTS runs.
+
+Timing (``--task timing``, default): design N = 200, M = 8, float64, strong prior; on the SAME
+replicates in the same process: NUTS on the exact marginal model, quadrature on the marginal
+model, NUTS on the Gaussian approximation, quadrature on the Gaussian approximation. Each method
+runs once to compile, then ``--repeats`` times; seconds per fit = median over repeats of
+(wall time / replicates). Also per method: likelihood evaluations per fit, certified fraction.
+
+Accuracy (``--task accuracy``): replicates spanning strong/weak priors, M in {1, 2, 8} and a
+degenerate design (no spread in |x|: ``x_dist=magnitude, x_spread=0``); per replicate a long
+NUTS run of the marginal model (4 chains, ``--long-samples`` draws each, >= 20,000 in all) and the
+quadrature posterior of the same model. Per parameter and quantile (5/50/95 %): the difference
+|q_quad - q_nuts| in exact-posterior sds, the Monte Carlo standard error of the NUTS quantile
+(ArviZ ``mcse(method="quantile")``), the quadrature's error estimate, and whether
+|q_quad - q_nuts| <= error_estimate + 3 MCSE (the error estimate bounds the quantile error
+within the Monte Carlo error of the reference).
+
+Public API only (noisydot_sbc.inference, .models, .priors, .simulate).
+  python benchmarks/quadrature_vs_nuts.py                          # timing, 8 replicates, 3 repeats
+  python benchmarks/quadrature_vs_nuts.py --task accuracy          # >= 30 replicates (long)
+  python benchmarks/quadrature_vs_nuts.py --task accuracy --smoke  # 6 replicates, short NUTS
+Writes benchmarks/results/quadrature_<task>.json (``--out`` overrides).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import arviz as az  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import numpyro  # noqa: E402
+
+from noisydot_sbc.inference import get_method  # noqa: E402
+from noisydot_sbc.inference.quadrature import QuadratureConfig, integrate, posterior_quantiles  # noqa: E402
+from noisydot_sbc.models import PARAMS, build_model  # noqa: E402
+from noisydot_sbc.priors import STRONG, WEAK  # noqa: E402
+from noisydot_sbc.simulate import make_design, simulate_y  # noqa: E402
+
+PROBS = (0.05, 0.5, 0.95)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu,
+            "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()), "jax": jax.__version__,
+            "numpyro": numpyro.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "x64": bool(jax.config.jax_enable_x64)}
+
+
+def replicates(prior, S, N, M, seed, degenerate=False):
+    """Truth from the prior, design, y from the true process (float64)."""
+    xs, ws, ys, truth = [], [], [], []
+    for s in range(S):
+        kd, kt, ky = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), s), 3)
+        d = make_design(kd, N, M, x_dist="magnitude", x_spread=0.0) if degenerate else make_design(kd, N, M)
+        t = prior.sample(kt)
+        sx, sw = float(t["x_noise_lvl"]), float(t["w_noise_lvl"])
+        truth.append((sx, sw))
+        xs.append(d.x), ws.append(d.w), ys.append(simulate_y(ky, d.x, d.w, abs(sx), abs(sw)))
+    return dict(x=jnp.stack(xs), w=jnp.stack(ws), y=jnp.stack(ys)), np.array(truth)
+
+
+def timing(a) -> dict:
+    data, _ = replicates(STRONG, a.replicates, a.obs, a.inputs, seed=a.seed)
+    S = a.replicates
+    nuts = dict(num_warmup=a.warmup, num_samples=a.samples, num_chains=2, chain_method=a.nuts_chain_method)
+    runs = {
+        "nuts_marginal": (get_method("nuts", **nuts), build_model("marginal", STRONG)),
+        "quadrature_marginal": (get_method("quadrature", num_draws=a.draws), build_model("marginal", STRONG)),
+        "nuts_gaussian": (get_method("nuts", **nuts), build_model("gaussian", STRONG)),
+        "quadrature_gaussian": (get_method("quadrature", num_draws=a.draws), build_model("gaussian", STRONG)),
+    }
+    if a.skip_nuts_marginal:
+        runs.pop("nuts_marginal")
+    out = {}
+    for name, (method, model) in runs.items():
+        t0 = time.perf_counter()
+        post = method.fit(jax.random.PRNGKey(0), model, data)
+        first = time.perf_counter() - t0
+        per_fit = []
+        for r in range(a.repeats):
+            t0 = time.perf_counter()
+            post = method.fit(jax.random.PRNGKey(r + 1), model, data)
+            per_fit.append((time.perf_counter() - t0) / S)
+        entry = {"seconds_per_fit_median": statistics.median(per_fit), "seconds_per_fit_repeats": per_fit,
+                 "first_call_seconds": first, "failed": int(np.sum(post.failed))}
+        if post.inference == "quadrature":
+            fs = post.fit_stats
+            entry.update(evaluations_per_fit_median=float(np.median(fs["n_evaluations"])),
+                         certified_fraction=float(np.mean(fs["certified"])),
+                         error_estimate_max=float(np.max(fs["error_estimate"])))
+        out[name] = entry
+        print(f"{name:22s} {entry['seconds_per_fit_median'] * 1e3:9.1f} ms/fit  (first call {first:.1f} s)", flush=True)
+    return {"design": {"N": a.obs, "M": a.inputs, "prior": "strong", "dtype": "float64", "replicates": S},
+            "nuts": nuts, "repeats": a.repeats, "methods": out}
+
+
+def accuracy(a) -> dict:
+    cases = [("strong", STRONG, 8, False), ("strong", STRONG, 2, False), ("strong", STRONG, 1, False),
+             ("weak", WEAK, 8, False), ("weak", WEAK, 2, False), ("weak", WEAK, 1, False),
+             ("strong", STRONG, 8, True), ("weak", WEAK, 8, True)]
+    per_case = a.per_case
+    nuts = get_method("nuts", num_warmup=a.long_warmup, num_samples=a.long_samples, num_chains=4,
+                      chain_method="vectorized")
+    rows = []
+    for ci, (pname, prior, M, degenerate) in enumerate(cases):
+        data, truth = replicates(prior, per_case, a.acc_obs, M, seed=1000 + ci, degenerate=degenerate)
+        model = build_model("marginal", prior)
+        t0 = time.perf_counter()
+        exact = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(num_draws=100))
+        tq = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = nuts.fit(jax.random.PRNGKey(100 + ci), model, data)
+        tn = time.perf_counter() - t0
+        eq = posterior_quantiles(exact, PROBS)
+        for s in range(per_case):
+            row = {"prior": pname, "M": M, "degenerate": degenerate, "truth": truth[s].tolist(),
+                   "certified": bool(exact.certified[s]), "error_estimate": float(exact.error_estimate[s]),
+                   "n_evaluations": int(exact.n_evaluations[s]), "nuts_failed": bool(ref.failed[s]),
+                   "quad_seconds_per_fit": tq / per_case, "nuts_seconds_per_fit": tn / per_case, "params": {}}
+            for p in PARAMS:
+                z = np.log(np.abs(np.asarray(ref.samples[p][s])))  # (chain, draw)
+                sd = float(exact.moments[p]["log_sd"][s])
+                entry = {"exact_log_sd": sd, "quantiles": []}
+                for k, prob in enumerate(PROBS):
+                    nq = float(np.quantile(z, prob))
+                    mcse = float(az.mcse(z, method="quantile", prob=prob))
+                    dq = abs(float(np.log(eq[p][s, k])) - nq)
+                    entry["quantiles"].append({"prob": prob, "quad": float(np.log(eq[p][s, k])), "nuts": nq,
+                                               "diff_sd": dq / sd, "mcse_sd": mcse / sd,
+                                               "within_3mcse": dq <= 3 * mcse,
+                                               "bounded": dq / sd <= exact.error_estimate[s] + 3 * mcse / sd})
+                entry["rhat_max"] = float(np.max(az.rhat(z)))
+                row["params"][p] = entry
+            rows.append(row)
+        print(f"case {pname} M={M} degenerate={degenerate}: quad {tq / per_case:.2f} s/fit, "
+              f"nuts {tn / per_case:.1f} s/fit, certified {np.mean(exact.certified):.2f}", flush=True)
+    qs = [qq for r in rows if not r["nuts_failed"] for e in r["params"].values() for qq in e["quantiles"]]
+    cert = [qq for r in rows if r["certified"] and not r["nuts_failed"] for e in r["params"].values()
+            for qq in e["quantiles"]]
+    summary = {"replicates": len(rows), "quantiles_compared": len(qs),
+               "fraction_within_3mcse": float(np.mean([q["within_3mcse"] for q in qs])) if qs else None,
+               "certified_fraction": float(np.mean([r["certified"] for r in rows])),
+               "certified_fraction_bounded": float(np.mean([q["bounded"] for q in cert])) if cert else None,
+               "max_diff_sd_certified": float(max(q["diff_sd"] for q in cert)) if cert else None}
+    print(json.dumps(summary), flush=True)
+    return {"nuts": {"num_chains": 4, "num_warmup": a.long_warmup, "num_samples": a.long_samples},
+            "N": a.acc_obs, "summary": summary, "rows": rows}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("timing", "accuracy"), default="timing")
+    p.add_argument("--replicates", type=int, default=8)
+    p.add_argument("--obs", type=int, default=200)
+    p.add_argument("--inputs", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--draws", type=int, default=1000, help="quadrature draws per replicate (L)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--nuts-chain-method", default="parallel")
+    p.add_argument("--skip-nuts-marginal", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-case", type=int, default=4, help="accuracy: replicates per case (8 cases)")
+    p.add_argument("--acc-obs", type=int, default=200)
+    p.add_argument("--long-warmup", type=int, default=1000)
+    p.add_argument("--long-samples", type=int, default=5000, help="per chain (4 chains)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
+    p.add_argument("--out")
+    a = p.parse_args()
+    if a.smoke:
+        a.replicates, a.repeats, a.warmup, a.samples, a.per_case = 2, 1, 100, 100, 1
+        a.long_warmup, a.long_samples, a.acc_obs, a.obs = 100, 200, 50, 50
+    info = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "smoke": a.smoke}
+    info[a.task] = timing(a) if a.task == "timing" else accuracy(a)
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"quadrature_{a.task}.json"
+    out.write_text(json.dumps(info, indent=2, default=float))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
