@@ -59,10 +59,10 @@ def test_three_models_notebook(tmp_path):
 
 def test_real_data_fit_notebook(tmp_path):
     out = tmp_path / "fit"
-    _run(out, ["task=fit", "model=gaussian", "sampler.num_warmup=200", "sampler.num_samples=100",
-               "task.ppc_draws=40", "task.fisher_sims=8", "progress=false"])
+    _run(out, ["task=fit", "model=gaussian", "sampler.num_warmup=200", "sampler.num_samples=30",
+               "sampler.num_chains=2", "task.ppc_draws=50", "task.fisher_sims=8", "progress=false"])
     nb = _execute("real_data_fit.ipynb", {"NOISYDOT_FIT": str(out)})
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # trace, pair, PPC
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "BELOW the thresholds" in text  # 2 x 100 draws: a bulk ESS below 400, said so
+    assert "BELOW the thresholds" in text  # 2 x 30 draws: a bulk ESS below 400, said so

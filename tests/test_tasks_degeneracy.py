@@ -15,8 +15,8 @@ def test_degeneracy_map_shows_the_ridge(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             f"+output_dir={tmp_path}", "task=degeneracy", "model=gaussian", "task.x_spread=[0.0,3.0]",
-            "task.ratio=[0.5]", "task.facets=[{n_obs:100,n_inputs:4}]", "task.replicates_per_cell=2",
-            "task.fisher_sims=16", "sampler.num_warmup=200", "sampler.num_samples=200", "progress=false"])
+            "task.ratio=[0.5]", "task.facets=[{n_obs:300,n_inputs:8}]", "task.replicates_per_cell=2",
+            "task.fisher_sims=8", "sampler.num_warmup=200", "sampler.num_samples=200", "progress=false"])
     summary = tasks.run(cfg)
     ds = results.load_dataset(tmp_path / "degeneracy.nc")
     cond = ds["log10_condition"].values[0, :, 0]

@@ -14,6 +14,10 @@ jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_measurements.nc"
+# one sampler setting and the shipped sample's shape (N = 300, M = 8) for every fit of the session,
+# so the compiled sampler and Fisher information are shared (test_notebooks.py uses the same)
+FIT = ["sampler.num_warmup=200", "sampler.num_samples=30", "sampler.num_chains=2", "task.ppc_draws=50",
+       "task.fisher_sims=8"]
 
 
 def _cfg(out, overrides):
@@ -25,8 +29,7 @@ def _cfg(out, overrides):
 def test_fit_task_on_shipped_sample(tmp_path, caplog):
     import arviz as az
 
-    cfg = _cfg(tmp_path, [f"data.path={SAMPLE}", "model=gaussian", "sampler.num_warmup=200",
-                          "sampler.num_samples=30", "sampler.num_chains=2", "task.ppc_draws=50", "task.fisher_sims=8"])
+    cfg = _cfg(tmp_path, [f"data.path={SAMPLE}", "model=gaussian", *FIT])
     with caplog.at_level(logging.WARNING, logger="noisydot_sbc"):
         summary = tasks.run(cfg)
     for f in ("posterior.nc", "summary.csv", "ppc.nc", "ppc.png", "fit.json"):
@@ -47,19 +50,16 @@ def test_fit_task_on_shipped_sample(tmp_path, caplog):
     assert summary["inference"] == "nuts"
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".nc"])
-def test_fit_task_covers_known_noise_levels(tmp_path, suffix):
+def test_fit_task_covers_known_noise_levels(tmp_path):
     from noisydot_sbc.simulate import make_design, simulate_y
 
     kd, ky = jax.random.split(jax.random.PRNGKey(11))
-    d = make_design(kd, 250, 4, x_dist="magnitude", x_spread=3.0)
+    d = make_design(kd, 300, 8, x_dist="magnitude", x_spread=3.0)
     sx, sw = 0.12, 0.08
     y = simulate_y(ky, d.x, d.w, sx, sw)
-    path = tmp_path / f"measured{suffix}"
+    path = tmp_path / "measured.csv"
     results.save_measurements(path, d.x, d.w, y)
-    cfg = _cfg(tmp_path / "out", ["model=gaussian", f"data.path={path}", "sampler.num_warmup=300",
-                                  "sampler.num_samples=400", "task.ppc_draws=50", "task.fisher_sims=8"])
-    summary = tasks.run(cfg)
+    summary = tasks.run(_cfg(tmp_path / "out", ["model=gaussian", f"data.path={path}", *FIT]))
     rows = {r["parameter"]: r for r in summary["summary"]}
     # posterior z-scores: |z| > 3.5 has probability ~5e-4 under a calibrated posterior
     assert abs(rows["x_noise_lvl"]["mean"] - sx) / rows["x_noise_lvl"]["sd"] < 3.5

@@ -101,10 +101,31 @@ class FailureLog(NamedTuple):
                 self.failed[i] = True
                 self.error[i] = prefix + str(r)
 
-    def reasons(self) -> dict:
-        """reason -> number of replicates."""
-        out: dict = {}
-        for f, e in zip(self.failed, self.error):
-            if f:
-                out[e or "unknown"] = out.get(e or "unknown", 0) + 1
-        return out
+
+class ProgressBar:
+    """A tqdm bar over replicates (``progress: false`` hides it) that also moves while a batch is
+    being fitted: ``within(n)`` is the ``progress`` callback of a batch of ``n`` fits, ``advance(n)``
+    counts them done."""
+
+    def __init__(self, cfg, total, initial, desc):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="fit", desc=desc, disable=not bool(cfg.get("progress", True)))
+        self.base = initial
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def within(self, n):
+        def report(fraction):
+            self.bar.n = round(self.base + float(fraction) * n, 1)
+            self.bar.refresh()
+        return report
+
+    def advance(self, n):
+        self.base += n
+        self.bar.n = self.base
+        self.bar.refresh()

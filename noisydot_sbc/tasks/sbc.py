@@ -309,7 +309,7 @@ def run_sbc(cfg) -> dict:
         if done:
             log.info("resuming: %d of %d chunks already finished in %s", len(done & set(range(n_chunks))), n_chunks,
                      chunks_dir)
-        with _ProgressBar(cfg, S, initial=sum(min(C, S - i * C) for i in done if i < n_chunks),
+        with common.ProgressBar(cfg, S, initial=sum(min(C, S - i * C) for i in done if i < n_chunks),
                           desc=f"SBC {cfg.model.name}/{setup.prior.name}") as bar:
             for ci in (i for i in range(n_chunks) if i not in done):
                 ids = np.arange(ci * C, min((ci + 1) * C, S))
@@ -319,12 +319,13 @@ def run_sbc(cfg) -> dict:
         ds, tests = add_uniformity_tests(ds)
         path = results.save_dataset(ds, out / "results.nc")
         save_plots(ds, out)
+    ok = ~ds["failed"].values.astype(bool)
     summary = {
         "results": str(path),
         "replicates": S,
-        "failed": int(ds["failed"].values.sum()),
+        "failed": int((~ok).sum()),
         "failure_reasons": _reasons(ds),
-        "divergent_fits": int((ds["diverging"].values[~ds["failed"].values] > 0).sum()) if "diverging" in ds else 0,
+        "divergent_fits": int((ds["diverging"].values[ok] > 0).sum()) if "diverging" in ds else None,
         "ecdf_p": {q: float(p) for q, p in zip(ds["quantity"].values, tests["ecdf_p"])},
     }
     log.info("SBC done: %s", json.dumps(summary))
@@ -363,7 +364,7 @@ def save_plots(ds, out) -> None:
     """ECDF difference, rank histograms, z-score vs contraction, diagnostics (PNG) in ``out``."""
     from .. import plots
 
-    if ds["failed"].values.all():
+    if ds["failed"].values.astype(bool).all():
         log.warning("no plots: every replicate failed")
         return
     figs = {
@@ -374,30 +375,3 @@ def save_plots(ds, out) -> None:
     }
     for name, make in figs.items():
         make().savefig(out / name, dpi=110, bbox_inches="tight")
-
-
-class _ProgressBar:
-    """tqdm over replicates that also moves while a chunk is being fitted (``within``)."""
-
-    def __init__(self, cfg, total, initial, desc):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, unit="fit", desc=desc, disable=not bool(cfg.get("progress", True)))
-        self.base = initial
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.close()
-
-    def within(self, n):
-        def report(fraction):
-            self.bar.n = self.base + float(fraction) * n
-            self.bar.refresh()
-        return report
-
-    def advance(self, n):
-        self.base += n
-        self.bar.n = self.base
-        self.bar.refresh()
