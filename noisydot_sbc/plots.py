@@ -80,10 +80,10 @@ def plot_ecdf(ds, difference: bool = True, split_divergent: bool = False, alpha:
     """Rank ECDF (or ECDF minus the uniform CDF) per quantity with the simultaneous ``1 - alpha``
     band of Säilynoja, Bürkner & Vehtari (2022). With ``split_divergent`` a second curve shows the
     fits without divergent transitions only (its own band is not drawn). Panel titles give the
-    ECDF-test p-value."""
+    ECDF-test p-value. An inference method that declares no divergences (no ``diverging``
+    variable, e.g. quadrature) has nothing to split: ``split_divergent`` then draws one curve."""
     _check(ds, ["rank"])
-    if split_divergent:
-        _check(ds, ["diverging"])
+    split_divergent = split_divergent and "diverging" in ds.variables
     ok = _ok(ds)
     num_ranks = _num_ranks(ds)
     quantities = [str(q) for q in ds["quantity"].values]

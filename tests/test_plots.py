@@ -123,6 +123,8 @@ def test_quadrature_dataset_plots_without_nuts_fields(tmp_path):
                                    descriptions={"error_estimate": "quadrature error bound", "certified": "bound holds"})
     for fig in (plots.plot_ecdf(ds), plots.plot_rank_histograms(ds), plots.plot_zscore_contraction(ds)):
         assert "1 failed excluded" in fig._suptitle.get_text()
+    split = plots.plot_ecdf(ds, split_divergent=True)  # no declared divergences: nothing to split, one curve
+    assert len(split.axes[0].lines) == 3 and "1 failed excluded" in split._suptitle.get_text()
     fig = plots.plot_diagnostics(ds)
     titles = [a.get_title() for a in _visible_axes(fig)]
     assert titles == ["error_estimate", "certified: 100.0% True"]
