@@ -15,8 +15,11 @@ that can be integrated instead of sampled. Per replicate (all replicates of a ba
    reused. (Exact-likelihood *derivatives* are not used here: under ``vmap`` the exact gradient
    costs ~2.7 values and the Hessian ~7.6, and their compilation 15 s / 29 s, measured at
    N = 200, M = 8; values through the two-phase grid evaluation are cheaper.)
-3. **Walk outwards** (after R-INLA's hyperparameter integration: a lattice of step dz in
-   whitened coordinates): first every node of the disk |u|²/2 < D (``log_density_drop``), then,
+3. **Half-axis extents**: the log density is probed along the four whitened half-axes at
+   t = r, 2r, 4r, ... (r = √(2D)); a half-axis reaching further than a Gaussian gets a smooth
+   softplus stretch of the lattice (:func:`warp`; R-INLA's separate half-axis scalings, smooth).
+   **Walk outwards** (after R-INLA's hyperparameter integration: a lattice of step dz in these
+   coordinates): first every node of the disk |v|²/2 < D (``log_density_drop``), then,
    round by round, every not yet evaluated 8-neighbour of a node whose log density is within D of
    the highest value found. The walk follows ridges, bananas and prior-dominated directions
    wherever they go, and stops at the first ring below max − D; nothing outside is evaluated.
@@ -29,8 +32,9 @@ that can be integrated instead of sampled. Per replicate (all replicates of a ba
 5. **Error estimate and refinement**: the same summaries computed from the sublattice of step
    2·dz (every other node) and the full lattice; the error estimate is the largest change of
    log mass (nats), means, sds and 5/50/95 % quantiles of both parameters (in posterior sds, on
-   the log and the natural scale), plus the mass on the walk's outer ring (truncation) and the
-   likelihood's own error estimate. Above ``tolerance`` the lattice step is halved (old nodes are
+   the log and the natural scale) over 15 (Richardson, fourth order), or the held-out error of the
+   2h spline at the nodes it did not see over 4 if larger, plus 10 × the mass on the walk's outer
+   ring (truncation) and the likelihood's own error estimate. Above ``tolerance`` the lattice step is halved (old nodes are
    reused) up to ``max_refinements`` times within ``max_nodes`` nodes; a replicate that still
    misses the tolerance is reported uncertified (``certified`` False, ``error_estimate`` the
    estimate), never silently.
