@@ -88,6 +88,9 @@ def test_failed_replicate_is_recorded_and_the_run_completes(tmp_path, monkeypatc
     failed = ds["failed"].values.astype(bool)
     assert failed.tolist() == [False, True, True, False]
     assert str(ds["error"].values[1]) == "non-finite simulated y"
+    # the truth of a failed replicate is kept as data; its log-likelihood at the NaN data is NaN
+    assert np.isfinite(ds["true"].sel(quantity="x_noise_lvl").values).all()
+    assert np.isnan(ds["true"].sel(quantity="log_lik").values[1])
     assert "finite" in str(ds["error"].values[2])
     assert summary["failed"] == 2 and sum(summary["failure_reasons"].values()) == 2
     assert (ds["rank"].values[failed] == -1).all() and np.isnan(ds["posterior_mean"].values[failed]).all()

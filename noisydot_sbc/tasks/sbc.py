@@ -11,7 +11,7 @@ far:
 2. :func:`screen_draws`: replicates whose fit failed or whose draws cannot be ranked (non-finite,
    constant) are recorded as failed with their reason; the rest are thinned to ``sbc.num_ranks``
    draws (independent draws need no thinning);
-3. :func:`test_quantities`: the quantities named in ``sbc.quantities`` (:mod:`noisydot_sbc.quantities`)
+3. :func:`evaluate_quantities`: the quantities named in ``sbc.quantities`` (:mod:`noisydot_sbc.quantities`)
    at the truth and at the kept draws; a non-finite value marks the replicate failed;
 4. :func:`rank_statistics` (ranks, posterior mean/sd, z-score, contraction: :mod:`noisydot_sbc.sbc`),
    :func:`fit_diagnostics` (what the method declares: :mod:`noisydot_sbc.diagnostics`),
@@ -93,7 +93,7 @@ def sbc_chunk(setup: Setup, index: int, replicate_ids, progress=None):
     returns the chunk's Dataset. ``progress``: optional callable(done_fraction) for the fits."""
     chunk = simulate_and_fit(setup, index, np.asarray(replicate_ids), progress)
     chunk = screen_draws(setup, chunk)
-    chunk = test_quantities(setup, chunk)
+    chunk = evaluate_quantities(setup, chunk)
     arrays = rank_statistics(setup, chunk)
     arrays.update(fit_diagnostics(setup, chunk))
     arrays.update(degeneracy(setup, chunk))
@@ -113,9 +113,9 @@ def simulate_and_fit(setup: Setup, index: int, replicate_ids: np.ndarray, progre
     padded = np.concatenate([replicate_ids, np.full(setup.chunk_size - n, replicate_ids[-1])]) \
         if n < setup.chunk_size else replicate_ids
     data, truth = simulate_replicates(setup.root_key, padded, setup.design, setup.prior, setup.dtype)
-    data, bad_data = screen_data(data)
+    fit_data, bad_data = screen_data(data)
     fit_key = jax.random.fold_in(jax.random.fold_in(setup.root_key, 2**30 + 1), index)
-    posterior = setup.method.fit(fit_key, setup.model, data, progress=progress)
+    posterior = setup.method.fit(fit_key, setup.model, fit_data, progress=progress)
     posterior = posterior._replace(
         samples=common.posterior_draws(posterior, slice(0, n)),
         sample_stats={k: np.asarray(v)[:n] for k, v in posterior.sample_stats.items()},
@@ -172,7 +172,7 @@ def screen_draws(setup: Setup, chunk: Chunk) -> Chunk:
     return chunk._replace(theta=theta)
 
 
-def test_quantities(setup: Setup, chunk: Chunk) -> Chunk:
+def evaluate_quantities(setup: Setup, chunk: Chunk) -> Chunk:
     """The test quantities at the truth (S,) and at the kept draws (S, L); a replicate where one
     is not finite is marked failed ("non-finite test quantity <name>")."""
     from .. import quantities
