@@ -411,16 +411,21 @@ def _ecdf_diff_panel(ax, ds, alpha: float, colors, quantities) -> tuple[int, flo
     return n, m
 
 
-def plot_study_ecdf(cells: dict, alpha: float = 0.05, p_values: dict | None = None, title: str = "") -> Figure:
+def plot_study_ecdf(cells: dict, alpha: float = 0.05, p_values: dict | None = None, title: str = "",
+                    rows: list | None = None, cols: list | None = None) -> Figure:
     """The study's grid of rank-ECDF differences: ``cells`` maps (row label, column label) ->
     results Dataset (rows: model/inference, columns: regime = prior x design). Each panel shows
     ECDF − z of every quantity (one colour per quantity) inside that cell's simultaneous
     ``1 - alpha`` band (its own replicate count); ``p_values`` maps the same keys to a text (e.g.
-    the cell's smallest Holm-adjusted p) shown in the panel title. Empty grid positions are blank."""
+    the cell's smallest Holm-adjusted p) shown in the panel title. ``rows``/``cols``: label order
+    (default: first appearance in ``cells``). Empty grid positions are blank."""
     if not cells:
         raise ValueError("cells is empty: nothing to plot")
-    rows = list(dict.fromkeys(k[0] for k in cells))
-    cols = list(dict.fromkeys(k[1] for k in cells))
+    rows = list(dict.fromkeys(k[0] for k in cells)) if rows is None else list(rows)
+    cols = list(dict.fromkeys(k[1] for k in cells)) if cols is None else list(cols)
+    missing = [k for k in cells if k[0] not in rows or k[1] not in cols]
+    if missing:
+        raise ValueError(f"rows/cols do not name the cell(s) {missing}")
     quantities = list(dict.fromkeys(str(q) for ds in cells.values() for q in ds["quantity"].values))
     colors = sns.color_palette("deep", len(quantities))
     fig = Figure(figsize=(2.7 * len(cols) + 0.6, 2.1 * len(rows) + 1.0), layout="constrained")
@@ -448,7 +453,9 @@ def plot_study_ecdf(cells: dict, alpha: float = 0.05, p_values: dict | None = No
                             va="bottom", fontsize=8, fontweight="bold")
     ymax = min(ymax, 1.0)
     axes[0, 0].set_ylim(-1.05 * ymax, 1.05 * ymax)
-    _figure_legend(fig, first)
+    handles, labels = first.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(len(labels), int(1.6 * len(cols)))),
+               fontsize=8, frameon=False)
     text = f"{title + ': ' if title else ''}SBC rank ECDF − z per cell (grey: {1 - alpha:.0%} simultaneous band)"
     fig.suptitle(textwrap.fill(text, max(40, int(16 * len(cols)))), fontsize=10)
     return fig
