@@ -172,3 +172,28 @@ def test_study_summary_callback_writes_the_report_of_the_sweep_dir(tmp_path):
         study.StudySummary(docs_dir="")
     with pytest.raises(ValueError, match="no SBC results"):
         study.write_study_report(tmp_path / "out_docs", tmp_path / "x")
+
+
+def test_identifiability_reads_stored_fisher_and_flags_prior_dominated_designs():
+    a = make_cell(0, "marginal", "quadrature", S=40)
+    cond = np.linspace(10.0, 30.0, 40)
+    a = results.add_variables(a, {"fisher_condition_number": (("replicate",), cond)})
+    b = make_cell(1, "latent", "nuts", S=40, n_inputs=8, width=2.5)  # contraction of log σ: 1 - (0.75)²/0.36 < 0.1
+    df = study.study_table([a, b])
+    ident = study.identifiability_table(df, [a, b], fisher_sims=0).set_index("n_inputs")
+    assert ident.loc[2, "fisher_condition_number"] == pytest.approx(np.median(cond))
+    assert ident.loc[2, "fisher_source"].startswith("stored")
+    assert ident.loc[2, "separable"] == "yes"
+    assert ident.loc[8, "separable"].startswith("no: σ_w stays prior-dominated")
+    assert np.isnan(ident.loc[8, "fisher_condition_number"])  # nothing stored, nothing computed
+
+
+@pytest.mark.slow
+def test_identifiability_computes_fisher_at_the_prior_medians():
+    a = make_cell(0, "marginal", "quadrature", S=20)
+    df = study.study_table([a])
+    ident = study.identifiability_table(df, [a], fisher_sims=8, n_designs=2)
+    row = ident.iloc[0]
+    assert 1.0 <= row["fisher_condition_number"] < 1e4 and row["design_rank"] == 1
+    assert 0 < row["crb_sd_log_w_noise_lvl"] < 10
+    assert "strong prior's medians" in row["fisher_source"]
