@@ -2,31 +2,64 @@
 
     y_n = Σ_i (x_ni + σ_x e_ni) · w_i (1 + σ_w u_ni) + σ_y v_n,   e, u, v ~ N(0, 1) independent.
 
-``NoisyDot(x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0)`` is a distribution over y with batch
-shape (N,) and real support. ``sample`` runs the true process; ``log_prob`` is the exact
-marginal density (saddlepoint-shifted Fourier inversion, see docs/likelihood.md and
-:func:`noisydot_sbc.likelihoods.noisydot_logpdf`). Usage inside a model::
+``NoisyDot(x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0)`` is a distribution over y with real
+support and event shape (). Its batch shape is that of the observations, (N,) for a design x
+(N, M) and weights w (M,), broadcast NumPyro-style with any leading batch dimensions of x (..., N, M),
+w (..., M) and the noise levels (any shape broadcasting against (..., N): scalars, one level per
+leading batch element as (..., 1), or one per observation). ``sample`` runs the true process;
+``log_prob`` is the exact marginal density (saddlepoint-shifted Fourier inversion with robust
+tiers, see docs/likelihood.md and :func:`noisydot_sbc.likelihoods.noisydot_logpdf`). Usage inside
+a model::
 
     numpyro.sample("obs", NoisyDot(x, w, sx, sw), obs=y)
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.util import validate_sample
 
-from ._validation import as_finite_array, check_design, check_positive
-from .likelihoods import moments, noisydot_logpdf_with_error
-from .simulate import _simulate_y
+from ._validation import as_finite_array, check_positive
+from .likelihoods import LogpdfResult, moments, noisydot_logpdf_with_error
+from .simulate import simulate_y_unchecked
+
+_NOISE = ("x_noise_lvl", "w_noise_lvl", "y_noise")
+
+
+def _check_params(x, w, noise):
+    """Concrete-input checks (skipped for traced values), each a ValueError naming the argument."""
+    as_finite_array("x", x)
+    as_finite_array("w", w)
+    if jnp.ndim(x) < 2:
+        raise ValueError(f"x must be (..., N, M) with at least 2 dimensions, got shape {jnp.shape(x)}")
+    if jnp.ndim(w) < 1:
+        raise ValueError(f"w must be (..., M) with at least 1 dimension, got shape {jnp.shape(w)}")
+    if jnp.shape(x)[-1] != jnp.shape(w)[-1]:
+        raise ValueError(
+            f"x has {jnp.shape(x)[-1]} inputs per observation (shape {jnp.shape(x)}) but w has "
+            f"{jnp.shape(w)[-1]} weights (shape {jnp.shape(w)}); x must be (..., N, M) and w (..., M)"
+        )
+    if jnp.shape(x)[-2] == 0 or jnp.shape(x)[-1] == 0:
+        raise ValueError(f"x is empty (shape {jnp.shape(x)}); at least one observation and one input are needed")
+    if not isinstance(w, jax.core.Tracer) and np.any(np.all(np.asarray(w) == 0, axis=-1)):
+        raise ValueError("w is all zero: the device output carries no information about the noise")
+    for name, val in zip(_NOISE, noise):
+        check_positive(name, val, allow_zero=name == "y_noise")
 
 
 class NoisyDot(Distribution):
-    """Output of the noisy device for a design x (N, M), weights w (M,) and noise levels.
+    """Output of the noisy device for a design x (..., N, M), weights w (..., M) and noise levels.
 
-    Noise levels are scalars (they may be traced, e.g. under NUTS). Inputs are checked when
-    concrete: bad shapes, non-finite values, non-positive noise levels, all-zero w or empty
-    data raise ``ValueError`` naming the argument.
+    Batch shape: broadcast of x.shape[:-1], w.shape[:-1] + (1,) and the noise levels' shapes;
+    event shape (). Concrete inputs are checked: bad shapes, non-finite values, non-positive noise
+    levels, all-zero w or empty data raise ``ValueError`` naming the argument (whatever
+    ``validate_args`` says; with ``validate_args=True`` NumPyro's own constraint checks run too).
+    Noise levels may be traced (e.g. under NUTS); the density is differentiable in them, not in
+    x, w or the value.
     """
 
     arg_constraints = {
@@ -40,13 +73,7 @@ class NoisyDot(Distribution):
     reparametrized_params = []
 
     def __init__(self, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, validate_args=None):
-        check_design(x, w)
-        check_positive("x_noise_lvl", x_noise_lvl)
-        check_positive("w_noise_lvl", w_noise_lvl)
-        check_positive("y_noise", y_noise, allow_zero=True)
-        for name, val in (("x_noise_lvl", x_noise_lvl), ("w_noise_lvl", w_noise_lvl), ("y_noise", y_noise)):
-            if jnp.ndim(val) != 0:
-                raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(val)}")
+        _check_params(x, w, (x_noise_lvl, w_noise_lvl, y_noise))
         x = jnp.asarray(x)
         dtype = jnp.result_type(x.dtype, float)
         self.x = x.astype(dtype)
@@ -54,47 +81,104 @@ class NoisyDot(Distribution):
         self.x_noise_lvl = jnp.asarray(x_noise_lvl, dtype)
         self.w_noise_lvl = jnp.asarray(w_noise_lvl, dtype)
         self.y_noise = jnp.asarray(y_noise, dtype)
-        super().__init__(batch_shape=(self.x.shape[0],), event_shape=(), validate_args=validate_args)
+        try:
+            batch_shape = jnp.broadcast_shapes(self.x.shape[:-1], self.w.shape[:-1] + (1,),
+                                               *(jnp.shape(getattr(self, k)) for k in _NOISE))
+        except ValueError:
+            shapes = {k: jnp.shape(getattr(self, k)) for k in ("x", "w") + _NOISE}
+            raise ValueError(f"x_noise_lvl, w_noise_lvl and y_noise must broadcast against the observations' "
+                             f"batch shape x.shape[:-1] (with w.shape[:-1] + (1,)); got shapes {shapes}") from None
+        super().__init__(batch_shape=batch_shape, event_shape=(), validate_args=validate_args)
 
+    # ---- broadcasting helpers -----------------------------------------------------------------
+    def _per_observation_noise(self) -> bool:
+        """True if some noise level varies along the observation axis (then each observation is
+        evaluated on its own; otherwise all N observations of a design share one call)."""
+        nd = len(self.batch_shape)
+        for k in _NOISE:
+            shp = jnp.shape(getattr(self, k))
+            if len(shp) == nd and shp[-1] != 1:
+                return True
+        return False
+
+    def _flat_params(self):
+        """x (L, N, M), w (L, M) and noise levels (L, N) over the L leading batch elements."""
+        lead, n = self.batch_shape[:-1], self.batch_shape[-1]
+        m = self.x.shape[-1]
+        size = math.prod(lead)
+        x = jnp.broadcast_to(self.x, lead + (n, m)).reshape(size, n, m)
+        w = jnp.broadcast_to(self.w, lead + (m,)).reshape(size, m)
+        noise = [jnp.broadcast_to(getattr(self, k), self.batch_shape).reshape(size, n) for k in _NOISE]
+        return x, w, noise
+
+    # ---- moments ----------------------------------------------------------------------------
     @property
     def mean(self):
-        return self.x @ self.w
+        return jnp.broadcast_to(moments(self.x, self.w, self.x_noise_lvl, self.w_noise_lvl)[0], self.batch_shape)
 
     @property
     def variance(self):
-        return moments(self.x, self.w, self.x_noise_lvl, self.w_noise_lvl, self.y_noise)[1]
+        return jnp.broadcast_to(moments(self.x, self.w, self.x_noise_lvl, self.w_noise_lvl, self.y_noise)[1],
+                                self.batch_shape)
 
+    # ---- sampling ---------------------------------------------------------------------------
     def sample(self, key, sample_shape=()):
         sample_shape = tuple(sample_shape)
-        n_draws = 1
-        for d in sample_shape:
-            n_draws *= d
+        n_draws = math.prod(sample_shape)
         keys = jax.random.split(key, max(n_draws, 1))
+        x, w, (sx, sw, sy) = self._flat_params()
+        size = x.shape[0]
+
+        def one_design(k, xl, wl, sxl, swl, syl):
+            # noise levels as (N, 1) / (N,) broadcast inside the simulator: identical draws to
+            # simulate.simulate_y with scalar levels for the same key
+            return simulate_y_unchecked(k, xl, wl, sxl[:, None], swl[:, None], syl)
 
         def one(k):
-            return _simulate_y(k, self.x, self.w, self.x_noise_lvl, self.w_noise_lvl, self.y_noise)
+            if size == 1:
+                return one_design(k, x[0], w[0], sx[0], sw[0], sy[0])[None]
+            return jax.vmap(one_design)(jax.random.split(k, size), x, w, sx, sw, sy)
 
         draws = jax.vmap(one)(keys)
         return draws[:n_draws].reshape(sample_shape + self.batch_shape)
 
+    # ---- density ----------------------------------------------------------------------------
+    def _evaluate(self, value):
+        """(log p, error estimate, fallback flag), each of shape broadcast(value.shape, batch_shape)."""
+        value = jnp.asarray(value, self.x.dtype)
+        try:
+            out_shape = jnp.broadcast_shapes(jnp.shape(value), self.batch_shape)
+        except ValueError:
+            raise ValueError(f"y of shape {jnp.shape(value)} does not broadcast against the batch shape "
+                             f"{self.batch_shape} (one value per observation, i.e. per row of x)") from None
+        n_sample = len(out_shape) - len(self.batch_shape)
+        sample_shape = out_shape[:n_sample]
+        yv = jnp.broadcast_to(value, out_shape).reshape((math.prod(sample_shape),) + self.batch_shape)
+        x, w, (sx, sw, sy) = self._flat_params()
+        size, n = x.shape[0], x.shape[1]
+        yv = yv.reshape(yv.shape[0], size, n)
+
+        if self._per_observation_noise():
+            def design(yl, xl, wl, sxl, swl, syl):
+                one = lambda yy, xx, a, b, c: tuple(noisydot_logpdf_with_error(yy[None], xx[None], wl, a, b, c))
+                return jax.vmap(one)(yl, xl, sxl, swl, syl)
+            res = jax.vmap(lambda yy: jax.vmap(design)(yy, x, w, sx, sw, sy))(yv)
+            res = tuple(r[..., 0] for r in res)
+        else:
+            def design(yl, xl, wl, sxl, swl, syl):
+                return tuple(noisydot_logpdf_with_error(yl, xl, wl, sxl[0], swl[0], syl[0]))
+            if yv.shape[0] == 1 and size == 1:
+                res = tuple(r[None, None] for r in design(yv[0, 0], x[0], w[0], sx[0], sw[0], sy[0]))
+            else:
+                res = jax.vmap(lambda yy: jax.vmap(design)(yy, x, w, sx, sw, sy))(yv)
+        return LogpdfResult(*(r.reshape(out_shape) for r in res))
+
     @validate_sample
     def log_prob(self, value):
         as_finite_array("y", value, allow_empty=False)
-        value = jnp.asarray(value, self.x.dtype)
-        n = self.batch_shape[0]
-        if value.ndim == 0 or value.shape[-1] not in (1, n):
-            raise ValueError(f"y must have a trailing dimension of size {n} (one per row of x), got shape {value.shape}")
-        value = jnp.broadcast_to(value, value.shape[:-1] + (n,))
-        lead = value.shape[:-1]
-        flat = value.reshape((-1, n))
-
-        def one(yv):
-            return noisydot_logpdf_with_error(yv, self.x, self.w, self.x_noise_lvl, self.w_noise_lvl, self.y_noise).logp
-
-        out = one(flat[0]) if flat.shape[0] == 1 else jax.vmap(one)(flat)
-        return out.reshape(lead + (n,))
+        return self._evaluate(value).logp
 
     def log_prob_with_error(self, value):
-        """(log p, estimated |log p error|, used-fallback flag), each shaped like ``value`` (N,)."""
-        as_finite_array("y", value, ndim=1)
-        return noisydot_logpdf_with_error(value, self.x, self.w, self.x_noise_lvl, self.w_noise_lvl, self.y_noise)
+        """(log p, estimated |log p error|, used-fallback flag), each shaped like log_prob(value)."""
+        as_finite_array("y", value, allow_empty=False)
+        return self._evaluate(value)

@@ -5,23 +5,30 @@ Conventions: x (N, M), w (M,), y (N,), noise levels scalars (broadcastable).
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from ._validation import check_design, check_positive
+from ._validation import as_finite_array, check_design, check_positive
 
 
 def moments(x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
-    """Exact mean and variance of y_n under the true process.
+    """Exact mean and variance of y_n under the true process (x (..., N, M), w (M,) or (..., M),
+    noise levels broadcasting against (..., N)).
 
     E[y_n] = Σ_i x_ni w_i,
     Var[y_n] = Σ_i w_i² (x_ni² σ_w² + σ_x² (1 + σ_w²)) + σ_y².
     """
-    mean = x @ w
+    x, w = jnp.asarray(x), jnp.asarray(w)
     w2 = w * w
-    var = (x * x) @ w2 * w_noise_lvl**2 + jnp.sum(w2) * x_noise_lvl**2 * (1.0 + w_noise_lvl**2) + y_noise**2
-    return mean, var
+    if w.ndim == 1:       # x (..., N, M), w (M,)
+        mean, xw2 = x @ w, (x * x) @ w2
+    else:                 # batched weights w (..., M) against x (..., N, M)
+        mean, xw2 = (x @ w[..., None])[..., 0], ((x * x) @ w2[..., None])[..., 0]
+    var = xw2 * w_noise_lvl**2 + jnp.sum(w2, axis=-1, keepdims=True) * x_noise_lvl**2 * (1.0 + w_noise_lvl**2)
+    return mean, var + y_noise**2
 
 
 def gaussian_logpdf(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
@@ -55,13 +62,55 @@ def _term_params(x, w, x_noise_lvl, w_noise_lvl):
     return c2, mu, v
 
 
-def _cgf_from_terms(s, c2, mu, v, y2):
-    """K(s) for s of shape (N, K) (real or complex); term arrays broadcast as (N, 1, M)."""
+def _centred_parts(s, c2, mu, v):
+    """Per-term pieces of the centred CGF K̃_i(s) = K_i(s) - s μ_i at s[..., None] (terms on the last axis).
+
+    K̃_i = -½ log D + A P with D = 1 - s² c²_i, A = s²/D, P = s c²_i μ_i + ½ v_i: the s μ_i part of
+    K_i (whose sum over i is s E[y], the large term when the noise is small) is taken out exactly,
+    so nothing of the size of s·E[y] is ever formed and subtracted again.
+    """
     s = s[..., None]
-    s2 = s * s
-    d = 1.0 - s2 * c2
-    terms = -0.5 * jnp.log(d) + (s * mu + 0.5 * s2 * v) / d
-    return jnp.sum(terms, axis=-1) + 0.5 * y2 * s2[..., 0]
+    d = 1.0 - s * s * c2
+    inv = 1.0 / d
+    a = s * s * inv
+    p = s * c2 * mu + 0.5 * v
+    return s, inv, a, p, -0.5 * jnp.log(d) + a * p
+
+
+@jax.custom_jvp
+def _centred_term_sum(s, c2, mu, v):
+    """Σ_i K̃_i(s) for s (..., K) (real or complex), c² (M,), μ and v broadcasting as (..., 1, M)."""
+    return jnp.sum(_centred_parts(s, c2, mu, v)[-1], axis=-1)
+
+
+def _centred_term_sum_jvp(primals, tangents):
+    """Derivatives in bounded forms: far along a contour (|s c_i| up to ~1e12) D, s² and s³ overflow
+    float32 where their ratios do not (autodiff's d(g/D) = dg/D - g dD/D² gave NaN there)."""
+    s, c2, mu, v = primals
+    ds, dc2, dmu, dv = tangents
+    s_, inv, a, p, terms = _centred_parts(s, c2, mu, v)
+    out = jnp.sum(terms, axis=-1)
+    t_out = jnp.zeros_like(out)
+    if not isinstance(ds, SymbolicZero):
+        # d/ds: s c² / D + (2 s / D) (P / D) + A c² μ
+        k1 = jnp.sum(s_ * c2 * inv + (2.0 * s_ * inv) * (p * inv) + a * c2 * mu, axis=-1)
+        t_out = t_out + k1 * ds
+    if not isinstance(dc2, SymbolicZero):
+        # ∂/∂c² = A (½ + g/D), g/D = (s μ + ½ s² v)/D = s μ / D + ½ A v
+        t_out = t_out + jnp.sum(a * (0.5 + s_ * mu * inv + 0.5 * a * v) * dc2, axis=-1)
+    if not isinstance(dmu, SymbolicZero):
+        t_out = t_out + jnp.sum(s_ * (a * c2) * dmu, axis=-1)
+    if not isinstance(dv, SymbolicZero):
+        t_out = t_out + jnp.sum(0.5 * a * dv, axis=-1)
+    return out, t_out
+
+
+_centred_term_sum.defjvp(_centred_term_sum_jvp, symbolic_zeros=True)
+
+
+def _cgf_from_terms(s, c2, mu, v, y2):
+    """Centred K̃(s) = K(s) - s E[y] for s of shape (N, K) (real or complex); terms broadcast as (N, 1, M)."""
+    return _centred_term_sum(s, c2, mu, v) + 0.5 * y2 * s * s
 
 
 def cgf(s, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
@@ -72,11 +121,12 @@ def cgf(s, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
     x = jnp.asarray(x)
     s = jnp.broadcast_to(jnp.asarray(s), (x.shape[0],))
     c2, mu, v = _term_params(x, jnp.asarray(w), x_noise_lvl, w_noise_lvl)
-    return _cgf_from_terms(s[:, None], c2, mu[:, None, :], v[:, None, :], y_noise**2)[:, 0]
+    return _cgf_from_terms(s[:, None], c2, mu[:, None, :], v[:, None, :], y_noise**2)[:, 0] + s * jnp.sum(mu, axis=-1)
 
 
 def _cgf_derivs(s, c2, mu, v, y2, with_value=True):
-    """K(s), K'(s), K''(s) for real s of shape (N,), terms (N, M). K is None if not with_value."""
+    """Centred K̃(s) = K(s) - s E[y], K̃'(s) = K'(s) - E[y] and K''(s) for real s of shape (N,), terms
+    (N, M). K̃ is None if not with_value. (Centred: see :func:`_centred_parts`.)"""
     s = s[:, None]
     s2 = s * s
     d = 1.0 - s2 * c2
@@ -84,7 +134,7 @@ def _cgf_derivs(s, c2, mu, v, y2, with_value=True):
     g = s * mu + 0.5 * s2 * v
     g1 = mu + s * v
     sc2 = s * c2
-    k1 = jnp.sum((sc2 + g1 + 2.0 * sc2 * g * inv) * inv, axis=-1)
+    k1 = jnp.sum((sc2 + s * v + s * sc2 * mu + 2.0 * sc2 * g * inv) * inv, axis=-1)
     k2 = jnp.sum(
         (c2 + v + (2.0 * sc2 * sc2 + 4.0 * sc2 * g1 + 2.0 * c2 * g + 8.0 * sc2 * sc2 * g * inv) * inv) * inv,
         axis=-1,
@@ -92,12 +142,13 @@ def _cgf_derivs(s, c2, mu, v, y2, with_value=True):
     s1 = s[:, 0]
     k0 = None
     if with_value:
-        k0 = jnp.sum(-0.5 * jnp.log(d) + g * inv, axis=-1) + 0.5 * y2 * s1 * s1
+        k0 = jnp.sum(-0.5 * jnp.log(d) + s2 * inv * (sc2 * mu + 0.5 * v), axis=-1) + 0.5 * y2 * s1 * s1
     return k0, k1 + y2 * s1, k2 + y2
 
 
-def _saddlepoint_from_terms(y, c2, mu, v, y2, n_iter, return_k2=False, rolled=False):
-    """Safeguarded Newton for K'(ŝ) = y inside the strip |s| < 1/max c (fixed iteration count).
+def _saddlepoint_from_terms(delta, c2, mu, v, y2, n_iter, return_k2=False, rolled=False):
+    """Safeguarded Newton for K̃'(ŝ) = δ = y - E[y] (i.e. K'(ŝ) = y) inside the strip |s| < 1/max c
+    (fixed iteration count).
 
     ŝ only fixes the inversion line (the density does not depend on it), so a few unrolled
     iterations suffice; the quadrature's own checks catch a poor line. With ``return_k2`` also
@@ -106,17 +157,16 @@ def _saddlepoint_from_terms(y, c2, mu, v, y2, n_iter, return_k2=False, rolled=Fa
     dtype = mu.dtype
     cmax = jnp.sqrt(jnp.max(c2))
     edge = (1.0 - 64 * jnp.finfo(dtype).eps) / cmax
-    mean = jnp.sum(mu, axis=-1)
     var = jnp.sum(v, axis=-1) + jnp.sum(c2) + y2  # = Var[y_n] (c² = σ_x² σ_w² w²)
-    lo = jnp.full_like(y, -edge)
-    hi = jnp.full_like(y, edge)
-    s = jnp.clip((y - mean) / var, -0.5 * edge, 0.5 * edge)
+    lo = jnp.full_like(delta, -edge)
+    hi = jnp.full_like(delta, edge)
+    s = jnp.clip(delta / var, -0.5 * edge, 0.5 * edge)
     k2 = var
 
     def newton(state):
         s, lo, hi, _ = state
         _, k1, k2 = _cgf_derivs(s, c2, mu, v, y2, with_value=False)
-        f = k1 - y
+        f = k1 - delta
         lo = jnp.where(f < 0, s, lo)
         hi = jnp.where(f > 0, s, hi)
         step = s - f / k2
@@ -138,7 +188,7 @@ def saddlepoint(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, n_iter=16):
     y = jnp.asarray(y, dtype=x.dtype)
     c2, mu, v = _term_params(x, jnp.asarray(w), x_noise_lvl, w_noise_lvl)
     c2, mu, v, y2 = lax.stop_gradient((c2, mu, v, jnp.asarray(y_noise, x.dtype) ** 2))
-    return _saddlepoint_from_terms(lax.stop_gradient(y), c2, mu, v, y2, n_iter)
+    return _saddlepoint_from_terms(lax.stop_gradient(y - jnp.sum(mu, axis=-1)), c2, mu, v, y2, n_iter)
 
 
 def saddlepoint_logpdf(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
@@ -146,9 +196,10 @@ def saddlepoint_logpdf(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0):
     x = jnp.asarray(x)
     c2, mu, v = _term_params(x, jnp.asarray(w), x_noise_lvl, w_noise_lvl)
     y2 = jnp.asarray(y_noise, x.dtype) ** 2
-    s = lax.stop_gradient(_saddlepoint_from_terms(*lax.stop_gradient((y, c2, mu, v, y2)), 16))
+    delta = jnp.asarray(y, x.dtype) - jnp.sum(mu, axis=-1)
+    s = lax.stop_gradient(_saddlepoint_from_terms(*lax.stop_gradient((delta, c2, mu, v, y2)), 16))
     k0, _, k2 = _cgf_derivs(s, c2, mu, v, y2)
-    return k0 - s * y - 0.5 * jnp.log(2.0 * jnp.pi * k2)
+    return k0 - s * delta - 0.5 * jnp.log(2.0 * jnp.pi * k2)
 
 
 class InversionResult(NamedTuple):
@@ -175,10 +226,12 @@ def _step_halving(total, half):
     return d * d
 
 
-def _fourier_pass(y, s_hat, k0, k2, c2, mu, v, y2, h, n_nodes):
+def _fourier_pass(delta, s_hat, k0, k2, c2, mu, v, y2, h, n_nodes):
     """Trapezoid rule in v = t √K''(ŝ) on the line s = ŝ + i t, nodes v_k = k h, k < n_nodes.
 
-    log p = K(ŝ) - ŝ y + log( h / (π √K'') · [½ + Σ_k Re exp(K(ŝ + i t_k) - K(ŝ) - i t_k y)] ).
+    log p = K̃(ŝ) - ŝ δ + log( h / (π √K'') · [½ + Σ_k Re exp(K̃(ŝ + i t_k) - K̃(ŝ) - i t_k δ)] ),
+    in the centred form (K̃(s) = K(s) - s E[y], δ = y - E[y], ``k0`` = K̃(ŝ)), which is the same
+    number as with K and y but never forms t·y (at small noise t ~ 1/sd and t·y loses the phase).
     ŝ and the node positions are held constant; only K depends (differentiably) on the noise levels.
     """
     dtype = mu.dtype
@@ -187,7 +240,7 @@ def _fourier_pass(y, s_hat, k0, k2, c2, mu, v, y2, h, n_nodes):
     v_nodes = h * jnp.arange(1, n_nodes, dtype=dtype)                  # (K-1,)
     t = v_nodes[None, :] / sd[:, None]                                   # (N, K-1)
     s = lax.complex(jnp.broadcast_to(s_hat[:, None], t.shape), t).astype(cdtype)
-    expo = _cgf_from_terms(s, c2, mu[:, None, :], v[:, None, :], y2) - k0[:, None] - 1j * t * y[:, None]
+    expo = _cgf_from_terms(s, c2, mu[:, None, :], v[:, None, :], y2) - k0[:, None] - 1j * t * delta[:, None]
     f = jnp.exp(expo)
     re = jnp.real(f)
     total = 0.5 + jnp.sum(re, axis=-1)
@@ -195,10 +248,16 @@ def _fourier_pass(y, s_hat, k0, k2, c2, mu, v, y2, h, n_nodes):
     err_disc = _step_halving(total, half)
     err_tail = _tail_estimate(jnp.real(expo[:, -1]), jnp.real(expo[:, -2]), total)
     safe_total = jnp.where(total > 0, total, 1.0)
-    logp = k0 - s_hat * y + jnp.log(h * safe_total / (jnp.pi * sd))
+    logp = k0 - s_hat * delta + jnp.log(h * safe_total / (jnp.pi * sd))
     logp = jnp.where(total > 0, logp, -jnp.inf)
     err_disc = jnp.where(total > 0, err_disc, jnp.inf)
     return InversionResult(logp, err_disc, err_tail)
+
+
+def _log_floor(dtype):
+    """Lowest log|w̃/w| (M = 1) or log radius (M = 2) a weight-noise quadrature goes down to: -90
+    in float64, -83 in float32 (e^-z must stay finite; the integrands are written in units of e^z)."""
+    return max(-90.0, math.log(float(jnp.finfo(dtype).tiny)) + 4.0)
 
 
 def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
@@ -214,7 +273,7 @@ def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
     sx, sw = x_noise_lvl, w_noise_lvl
     aw = jnp.abs(w1)
     sxs, sws, y2s = lax.stop_gradient((sx, sw, y2))
-    floor = jnp.log(jnp.finfo(dtype).eps) * 2.5                         # ≈ -90 (f64), -40 (f32)
+    floor = _log_floor(dtype)                                             # -90 (f64), -83 (f32)
     # lower end: the conditional factor is negligible below |y| / (|w| (|x| + 12 σ_x)) (when σ_y = 0)
     # (with readout noise the integrand decays like e^z below σ_y-scale: cut 1e-12 of that scale)
     ratio = jnp.where(y2s > 0, 1e-12 * jnp.maximum(jnp.abs(y), jnp.sqrt(y2s)), jnp.abs(y))
@@ -233,10 +292,13 @@ def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
         z = z_lo[:, None] + (z_hi - z_lo)[:, None] * grid[None, :]       # (N, K)
         h = (z_hi - z_lo) / (n_nodes - 1)
         ez = jnp.exp(z)
+        emz = jnp.exp(-z)
         u = (sign * ez - 1.0) / sw
-        var = (sx * w1) ** 2 * ez * ez + y2
-        resid = y[:, None] - sign * x1[:, None] * w1 * ez
-        logg = -0.5 * u * u - 0.5 * resid * resid / var - 0.5 * jnp.log(var) + z - jnp.log(2.0 * jnp.pi * sw)
+        # in units of e^z: sd / e^z and (y - mean) / e^z (bounded over the range; var = sd² itself
+        # can be subnormal in float32 near the lower end, where its derivative then overflowed)
+        sdn = jnp.sqrt((sx * w1) ** 2 + (y2 * emz) * emz)
+        zr = (y[:, None] * emz - sign * x1[:, None] * w1) / sdn
+        logg = -0.5 * u * u - 0.5 * zr * zr - jnp.log(sdn) - jnp.log(2.0 * jnp.pi * sw)
         return logg, h
 
     lg_p, h_p = branch(1.0, lax.stop_gradient(z_lo_plus), jnp.broadcast_to(z_hi_plus, y.shape))
@@ -250,6 +312,14 @@ def _direct_m1_pass(y, x1, w1, x_noise_lvl, w_noise_lvl, y2, n_nodes):
     err_disc = jnp.expm1(half - logp) ** 2   # double-exponential decay: error at h ≈ (difference)²
     ends = jnp.stack([lw_p[:, 0], lw_p[:, -1], lw_m[:, 0], lw_m[:, -1]], axis=-1)
     err_tail = jnp.exp(jnp.max(ends, axis=-1) - logp)
+    # where the lower end sits on the floor (|y| below e^floor of the scale, y = 0 exactly when σ_y = 0)
+    # the integrand is still ~constant there (the log singularity of the density at y = 0): the mass
+    # cut off is about that constant times the missing width in z (infinite at y = 0, where the
+    # density itself is infinite), which the end-node check above does not see
+    width = lax.stop_gradient(jnp.maximum(floor - jnp.log(ratio), 0.0))
+    low = jnp.exp(jnp.maximum(lg_p[:, 0], lg_m[:, 0]) - logp)
+    err_tail = jnp.maximum(err_tail, jnp.where(width > 0, low * width, 0.0))
+    err_tail = jnp.where(jnp.isinf(width), jnp.inf, err_tail)
     return InversionResult(logp, err_disc, err_tail)
 
 
@@ -274,7 +344,7 @@ def _polar_m2_pass(y, x, w, x_noise_lvl, w_noise_lvl, y2, n_nodes):
     b = jnp.abs(w)                                                        # (2,)
     a = x * b                                                             # (R, 2): x̃_i w̃_i = x̃_i |w_i| q_i
     c = jnp.where(w >= 0, 1.0, -1.0).astype(dtype)                       # centre of q, |c|² = 2
-    floor = jnp.log(jnp.finfo(dtype).eps) * 2.5
+    floor = _log_floor(dtype)
     rc = jnp.sqrt(jnp.asarray(2.0, dtype))
     th_c = jnp.arctan2(c[1], c[0])
 
@@ -283,13 +353,15 @@ def _polar_m2_pass(y, x, w, x_noise_lvl, w_noise_lvl, y2, n_nodes):
         th = th_c + (2.0 * jnp.pi / n_t) * jnp.arange(n_t, dtype=dtype)  # node 0 on the prior's centre
         ct, st = jnp.cos(th), jnp.sin(th)
         r = jnp.exp(z)[:, :, None]
+        rm = jnp.exp(-z)[:, :, None]
         proj = a[:, 0, None, None] * ct + a[:, 1, None, None] * st
         bb = b[0] ** 2 * ct * ct + b[1] ** 2 * st * st
         d2 = r * r - 2.0 * r * (c[0] * ct + c[1] * st) + 2.0              # |q - c|²
-        var = sx * sx * r * r * bb + y2
-        resid = y[:, None, None] - r * proj
-        return (-0.5 * d2 / (sw * sw) - jnp.log(2.0 * jnp.pi * sw * sw) - 0.5 * jnp.log(2.0 * jnp.pi * var)
-                - 0.5 * resid * resid / var + 2.0 * z[:, :, None])
+        # sd and y - mean in units of r (var itself can be subnormal in float32 at small r)
+        sdn = jnp.sqrt(sx * sx * bb + (y2 * rm) * rm)
+        zr = (y[:, None, None] * rm - proj) / sdn
+        return (-0.5 * d2 / (sw * sw) - jnp.log(2.0 * jnp.pi * sw * sw) - 0.5 * jnp.log(2.0 * jnp.pi)
+                - jnp.log(sdn) - 0.5 * zr * zr + z[:, :, None])
 
     # --- where the integrand lives in z (nodes held constant under differentiation) ---------------
     z_top = jnp.log(rc + 12.0 * sws)
@@ -339,7 +411,7 @@ def _polar_m2_pass(y, x, w, x_noise_lvl, w_noise_lvl, y2, n_nodes):
 _TILTED_RATE = 1.2   # a₀: assumed lower bound of the convergence rate a in e(h) = C exp(-a/h) of the bent-contour rule
 
 
-def _tilted_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
+def _tilted_pass(y, delta, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
     """Inversion along a contour bent towards the side where exp(-s y) decays, with a sinh map.
 
     The vertical line s = ŝ + i t leaves a tail ~ t^-M (the density's singular point y = 0, where
@@ -360,6 +432,8 @@ def _tilted_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
     max(d₂ e^{-a₀/(2h)}, d₂³/d₄²) with a conservative a₀ = 1.2 (the second form, the three-level
     extrapolation, takes over when the rule is not yet converging: d₂ ≈ d₄ gives ≈ d₂). Squaring d₂
     (as for the vertical line) under-estimated by up to 500x at coarse steps in testing.
+    Centred form as in :func:`_fourier_pass` (``delta`` = y - E[y], ``k0`` = K̃(ŝ)); ``y`` itself
+    only gives the direction of the bend.
     """
     dtype = mu.dtype
     cdtype = jnp.result_type(dtype, jnp.complex64)
@@ -381,7 +455,7 @@ def _tilted_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
     root = jnp.sqrt(t * t + big_t * big_t)
     s = lax.complex(s_hat[:, None] + sig * kappa * (root - big_t), t).astype(cdtype)
     ds_over_i = 1.0 - 1j * (sig * kappa * t / root)
-    expo = _cgf_from_terms(s, c2, mu[:, None, :], v[:, None, :], y2) - k0[:, None] - (s - s_hat[:, None]) * y[:, None]
+    expo = _cgf_from_terms(s, c2, mu[:, None, :], v[:, None, :], y2) - k0[:, None] - (s - s_hat[:, None]) * delta[:, None]
     f = jnp.real(jnp.exp(expo) * ds_over_i) * (jnp.cosh(u)[None, :] * ell)
     wts = jnp.ones(n_u, dtype).at[0].set(0.5)
     total = h * jnp.sum(f * wts, axis=-1)
@@ -399,14 +473,16 @@ def _tilted_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, u_max, kappa=0.75, t0=3.0):
     last2 = jnp.max(log_abs[:, -2:], axis=-1)                          # max of pairs: robust to a zero
     prev2 = jnp.max(log_abs[:, -4:-2], axis=-1)                        # crossing of Re f at one node
     err_tail = _tail_estimate(last2 + jnp.log(2.0 * h), prev2 + jnp.log(2.0 * h), total)
-    logp = k0 - s_hat * y + jnp.log(safe_total / jnp.pi)
+    logp = k0 - s_hat * delta + jnp.log(safe_total / jnp.pi)
     logp = jnp.where(total > 0, logp, -jnp.inf)
     err_disc = jnp.where(total > 0, err_disc, jnp.inf)
     return InversionResult(logp, err_disc, err_tail)
 
 
-def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None):
+def _fast_pass(delta, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None):
     """Real-arithmetic version of :func:`_fourier_pass` for the common case (the speed path).
+    Centred form (``delta`` = y - E[y], ``k0`` = K̃(ŝ)): per term it accumulates
+    K̃_i = -½ log D_i + s² (s c²_i μ_i + ½ v_i) / D_i, which holds no s μ_i.
 
     The M terms are accumulated one at a time (a Python loop, unrolled at trace time, so XLA fuses
     the whole pass into elementwise work on (N, nodes) arrays with no (N, nodes, M) temporaries).
@@ -446,9 +522,12 @@ def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None)
         p = 1.0 - c * diff
         q = 2.0 * ab * c                                                           # D = p - i q
         inv = 1.0 / (p * p + q * q)
-        gre = a * mu_i + 0.5 * diff * v_i
-        gim = b * mu_i + ab * v_i
-        gd_re = (gre * p - gim * q) * inv
+        cm = c * mu_i
+        p_re = a * cm + 0.5 * v_i                                                  # P = s c² μ + ½ v
+        p_im = b * cm
+        gre = diff * p_re - 2.0 * ab * p_im                                         # g̃ = s² P
+        gim = diff * p_im + 2.0 * ab * p_re
+        gd_re = (gre * p - gim * q) * inv                                           # g̃ / D
         gd_im = (gre * q + gim * p) * inv
         e_re = e_re + gd_re
         e_im = e_im + gd_im
@@ -462,9 +541,10 @@ def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None)
         if with_d:
             a_re = (diff * p - 2.0 * ab * q) * inv                                     # s²/D
             a_im = (diff * q + 2.0 * ab * p) * inv
-            b_re = 0.5 + gd_re                                                          # ½ + g/D
-            ab_re = a_re * b_re - a_im * gd_im
-            ab_im = a_re * gd_im + a_im * b_re
+            b_re = 0.5 + gd_re + a * mu_i                                              # ½ + g/D, g/D = g̃/D + s μ
+            b_im = gd_im + b * mu_i
+            ab_re = a_re * b_re - a_im * b_im
+            ab_im = a_re * b_im + a_im * b_re
             s0 = s_hat * s_hat
             d0 = 1.0 - c * s0
             amp0 = s0 / d0
@@ -474,7 +554,7 @@ def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None)
                 dk_im[j] = dk_im[j] + ab_im * dc2[j, i] + 0.5 * a_im * dv[j, :, i:i + 1]
                 dk0[j] = dk0[j] + amp0 * bb0 * dc2[j, i] + 0.5 * amp0 * dv[j, :, i]
     e_re = e_re - 0.5 * jnp.real(log_d) + 0.5 * y2 * diff - k0[:, None]
-    e_im = e_im - 0.5 * jnp.imag(log_d) + y2 * ab - b * y[:, None]
+    e_im = e_im - 0.5 * jnp.imag(log_d) + y2 * ab - b * delta[:, None]
     amp = jnp.exp(e_re)
     cos_e = jnp.cos(e_im)
     re = amp * cos_e
@@ -483,7 +563,7 @@ def _fast_pass(y, s_hat, k0, sd, c2, mu, v, y2, h, n_nodes, group, dparams=None)
     err_disc = _step_halving(total, half)
     err_tail = _tail_estimate(e_re[:, -1], e_re[:, -2], total)
     safe_total = jnp.where(total > 0, total, 1.0)
-    logp = k0 - s_hat * y + jnp.log(h * safe_total / (jnp.pi * sd))
+    logp = k0 - s_hat * delta + jnp.log(h * safe_total / (jnp.pi * sd))
     logp = jnp.where(total > 0, logp, -jnp.inf)
     err_disc = jnp.where(total > 0, err_disc, jnp.inf)
     res = InversionResult(logp, err_disc, err_tail)
@@ -540,29 +620,138 @@ class _Opts(NamedTuple):
     tilted_range: float
 
 
-def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
-    """Log density, error estimate, fallback flag and d log p / d(noise levels in ``jac_wrt``).
+class _Stage(NamedTuple):
+    """Phase 1 (the fast pass) for every observation, plus what the robust tiers start from."""
 
-    The fast pass covers every observation; observations that fail its checks are recomputed,
-    ``fallback_batch`` at a time in ``lax.while_loop``s, by the tiers (M >= 2: the fast pass with
-    half the step and 4x the range, then inversion along the bent contour, then for M = 2 polar
-    quadrature over the weight noise, then per-term complex inversion; M = 1: direct quadrature).
-    Each loop runs zero times when nothing needs it, and stays a loop under ``vmap`` (a
-    ``lax.cond`` would become a select that always pays for the robust schemes). Derivatives:
-    analytic inside the fast pass, forward-mode autodiff at fixed nodes in the tiers, so no loop
-    is ever differentiated.
-    """
+    delta: jax.Array       # (N,) y - E[y]
+    s_hat: jax.Array       # (N,) saddlepoint (fast-path Newton iterate)
+    sd: jax.Array          # (N,) √K''(ŝ)
+    branch_ok: jax.Array   # (N,) bool: the grouped-log branch check of the fast pass holds
+    logp: jax.Array        # (N,) fast-pass log density
+    err: jax.Array         # (N,) its error estimate
+    ok: jax.Array          # (N,) bool: certified by the fast pass
+    extra: jax.Array       # (N,) error added to whatever tier wins (data rounding; ∞ where singular)
+    jac: jax.Array | None  # (N, P) analytic fast-pass derivative w.r.t. the requested noise levels
+
+
+def _fast_stage(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple = ()) -> _Stage:
+    """The fast pass over all N observations of one design, its certification and error terms."""
     dtype = x.dtype
     n, m = x.shape
     eps = float(jnp.finfo(dtype).eps)
     tol = _tolerances(dtype)
     g = min(opts.group, m)
     c2, mu, v = _term_params(x, w, sx, sw)
-    s_hat, k2 = _saddlepoint_from_terms(y, c2, mu, v, sy * sy, opts.n_iter, return_k2=True)
+    delta = y - jnp.sum(mu, axis=-1)       # y - E[y]: the centred form never forms s·E[y] (see _centred_parts)
+    s_hat, k2 = _saddlepoint_from_terms(delta, c2, mu, v, sy * sy, opts.n_iter, return_k2=True)
     sd = jnp.sqrt(k2)
+    branch_ok = _branch_ok(c2, s_hat, g)
+    k0, _, _ = _cgf_derivs(s_hat, c2, mu, v, sy * sy)
+    if jac_wrt:
+        # analytic derivatives of c², v, σ_y² w.r.t. (σ_x, σ_w, σ_y), rows in the order of jac_wrt
+        w2 = w * w
+        dc2_all = (2.0 * sx * sw * sw * w2, 2.0 * sx * sx * sw * w2, jnp.zeros_like(w2))
+        dv_all = (jnp.broadcast_to(2.0 * sx * w2, mu.shape), 2.0 * sw * w2 * x * x, jnp.zeros_like(mu))
+        dy2_all = (jnp.zeros((), dtype), jnp.zeros((), dtype), 2.0 * sy)
+        dparams = tuple(jnp.stack([d[i] for i in jac_wrt]) for d in (dc2_all, dv_all, dy2_all))
+        main, jac = _fast_pass(delta, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g, dparams)
+    else:
+        main, jac = _fast_pass(delta, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g), None
+    main = _distrust(main, branch_ok)
+    ok = (main.err_disc < tol["disc"]) & (main.err_tail < tol["tail"])
+    # the data's own rounding: δ = y - E[y] is known to about ρ = eps (|y| + Σ_i |x_i w_i|), and
+    # d log p / dy = -ŝ, so log p is uncertain by |ŝ| ρ + ρ² / (2 K''): negligible unless the
+    # density is far narrower than the rounding of its location (noise levels ~1e-15 of |y|)
+    rho = eps * (jnp.abs(y) + jnp.sum(jnp.abs(mu), axis=-1))
+    extra = lax.stop_gradient(jnp.abs(s_hat) * rho + 0.5 * rho * rho / k2)
+    if m == 1:   # y = 0 exactly without readout noise: the true density is infinite (log singularity)
+        extra = jnp.where((y == 0) & (sy == 0), jnp.inf, extra)
+    return _Stage(delta, s_hat, sd, branch_ok, main.logp, _error_estimate(main, eps), ok, extra, jac)
+
+
+def _branch_ok(c2, s_hat, g):
+    """The fast pass's sufficient condition Σ_group c_i |ŝ| < 1.9 for its grouped logarithms."""
+    m = c2.shape[-1]
     ng = -(-m // g)
     cabs = jnp.pad(jnp.sqrt(c2), (0, ng * g - m)).reshape(ng, g).sum(-1)
-    branch_ok = jnp.max(cabs) * jnp.abs(s_hat) < 1.9
+    return jnp.max(cabs) * jnp.abs(s_hat) < 1.9
+
+
+def _finish(logp, err, extra, jac=None):
+    """Final error estimate: the winning tier's plus the data-rounding term; ∞ where anything is not
+    finite (never a silent NaN: such a value is always flagged)."""
+    err = err + extra
+    bad = ~jnp.isfinite(logp)
+    if jac is not None:
+        bad = bad | ~jnp.all(jnp.isfinite(jac), axis=-1)
+    return jnp.where(bad, jnp.inf, err)
+
+
+def _tier_names(m):
+    """The robust tiers in the order they are tried, for M terms (the last one is not checked)."""
+    if m == 1:
+        return ("direct",)
+    return ("medium", "tilted", "polar", "vertical") if m == 2 else ("medium", "tilted", "vertical")
+
+
+def _tier_pass(tier, opts: _Opts, sx, sw, sy, y, delta, x, w, s_hat, sd, branch_ok) -> InversionResult:
+    """One robust tier on R observations y, δ (R,), x (R, M) of one weight vector w (M,), starting
+    from the fast stage's ŝ, √K'' and branch check (R,). Differentiable in (σ_x, σ_w, σ_y).
+
+    medium:   the fast pass again with half the step and four times the range (8x the nodes);
+    tilted:   inversion along the bent contour with a sinh map (the t^-M tail, M >= 2);
+    polar:    M = 2, quadrature over the weight noise in polar coordinates;
+    vertical: per-term complex inversion with step h/2 and a 16x range (the last tier, M >= 2);
+    direct:   M = 1, direct quadrature over log|w̃|.
+    """
+    m = x.shape[-1]
+    g = min(opts.group, m)
+    y2 = sy * sy
+    if tier == "direct":
+        return _direct_m1_pass(y, x[:, 0], w[0], sx, sw, y2, opts.fallback_nodes)
+    if tier == "polar":
+        return _polar_m2_pass(y, x, w, sx, sw, y2, opts.polar_nodes)
+    c2, mu, v = _term_params(x, w, sx, sw)
+    if tier == "tilted":
+        # the line must pass through the saddlepoint itself here (the bend assumes it): near the
+        # edge of the strip the fast path's few Newton steps leave K'(ŝ) - y large, so refine
+        # (from constant inputs, so ŝ and K''(ŝ) are constants under differentiation)
+        ss, k2s = _saddlepoint_from_terms(*lax.stop_gradient((delta, c2, mu, v, y2)), 4 * opts.n_iter + 16,
+                                          return_k2=True, rolled=True)
+        k0, _, _ = _cgf_derivs(ss, c2, mu, v, y2)
+        return _tilted_pass(y, delta, ss, k0, jnp.sqrt(k2s), c2, mu, v, y2, opts.tilted_h, opts.tilted_range)
+    k0, _, _ = _cgf_derivs(s_hat, c2, mu, v, y2)
+    if tier == "medium":
+        res = _fast_pass(delta, s_hat, k0, sd, c2, mu, v, y2, 0.5 * opts.h, 8 * (opts.n_nodes - 1) + 1, g)
+        return _distrust(res, branch_ok)
+    if tier == "vertical":
+        return _fourier_pass(delta, s_hat, k0, sd * sd, c2, mu, v, y2, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
+    raise ValueError(f"unknown tier {tier!r}")
+
+
+def _certified(res: InversionResult, tol):
+    return (res.err_disc < tol["disc"]) & (res.err_tail < tol["tail"])
+
+
+def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
+    """Log density, error estimate, fallback flag and d log p / d(noise levels in ``jac_wrt``).
+
+    The fast pass covers every observation; observations that fail its checks are recomputed,
+    ``fallback_batch`` at a time in ``lax.while_loop``s, by the tiers of :func:`_tier_pass`
+    (M >= 2: medium, bent contour, for M = 2 polar, then the long vertical line; M = 1: direct
+    quadrature). Each loop runs zero times when nothing needs it, and stays a loop under ``vmap``
+    (a ``lax.cond`` would become a select that always pays for the robust schemes). Derivatives:
+    analytic inside the fast pass, forward-mode autodiff at fixed nodes in the tiers, so no loop
+    is ever differentiated. (:func:`loglik_grid` runs the same tiers host-side on gathered
+    observations instead of in loops.)
+    """
+    dtype = x.dtype
+    n, m = x.shape
+    eps = float(jnp.finfo(dtype).eps)
+    tol = _tolerances(dtype)
+    st = _fast_stage(sx, sw, sy, y, x, w, opts, jac_wrt)
+    theta = (sx, sw, sy)
+    r = min(opts.fallback_batch, n)
 
     def with_jac(fn, theta):
         """fn(theta) -> (logp, aux); returns (aux, jacobian (N, len(jac_wrt)) or None)."""
@@ -572,73 +761,17 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         jac, aux = jax.jacfwd(free, has_aux=True)(tuple(theta[i] for i in jac_wrt))
         return aux, jnp.stack(jac, axis=-1)
 
-    k0, _, _ = _cgf_derivs(s_hat, c2, mu, v, sy * sy)
-    theta = (sx, sw, sy)
-    if jac_wrt:
-        # analytic derivatives of c², v, σ_y² w.r.t. (σ_x, σ_w, σ_y), rows in the order of jac_wrt
-        w2 = w * w
-        dc2_all = (2.0 * sx * sw * sw * w2, 2.0 * sx * sx * sw * w2, jnp.zeros_like(w2))
-        dv_all = (jnp.broadcast_to(2.0 * sx * w2, mu.shape), 2.0 * sw * w2 * x * x, jnp.zeros_like(mu))
-        dy2_all = (jnp.zeros((), dtype), jnp.zeros((), dtype), 2.0 * sy)
-        dparams = tuple(jnp.stack([d[i] for i in jac_wrt]) for d in (dc2_all, dv_all, dy2_all))
-        main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g, dparams)
-    else:
-        main, jac = _fast_pass(y, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g), None
-    main = _distrust(main, branch_ok)
-    ok = (main.err_disc < tol["disc"]) & (main.err_tail < tol["tail"])
-    err = _error_estimate(main, eps)
-    logp = main.logp
-    r = min(opts.fallback_batch, n)
-
-    def terms_at(theta, idx):
-        """y, the term parameters c², μ, v and σ_y² of the observations idx at noise levels theta."""
-        c2_, mu_, v_ = _term_params(x[idx], w, theta[0], theta[1])
-        return y[idx], c2_, mu_, v_, theta[2] * theta[2]
-
-    def medium_fn(theta, idx):
-        """Tier 2: the fast pass again with half the step and four times the range (8x the nodes)."""
-        ys, c2_, mu_, v_, y2_ = terms_at(theta, idx)
-        ss, sds = s_hat[idx], sd[idx]
-        k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
-        res = _fast_pass(ys, ss, k0_, sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 8 * (opts.n_nodes - 1) + 1, g)
-        res = _distrust(res, branch_ok[idx])
-        return res.logp, res
-
-    def tilted_fn(theta, idx):
-        """Tier 3 (M >= 2): inversion along the bent contour with a sinh map (the t^-M tail)."""
-        ys, c2_, mu_, v_, y2_ = terms_at(theta, idx)
-        # the line must pass through the saddlepoint itself here (the bend assumes it): near the
-        # edge of the strip the fast path's few Newton steps leave K'(ŝ) - y large, so refine
-        # (from constant inputs, so ŝ and K''(ŝ) are constants under differentiation)
-        ss, k2s = _saddlepoint_from_terms(*lax.stop_gradient((ys, c2_, mu_, v_, y2_)), 4 * opts.n_iter + 16,
-                                          return_k2=True, rolled=True)
-        k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
-        res = _tilted_pass(ys, ss, k0_, jnp.sqrt(k2s), c2_, mu_, v_, y2_, opts.tilted_h, opts.tilted_range)
-        return res.logp, res
-
-    def polar_fn(theta, idx):
-        """Tier 4 for M = 2: quadrature over the weight noise in polar coordinates."""
-        res = _polar_m2_pass(y[idx], x[idx], w, theta[0], theta[1], theta[2] * theta[2], opts.polar_nodes)
-        return res.logp, res
-
-    def robust_fn(theta, idx):
-        """Last tier: direct quadrature (M = 1) or per-term complex inversion with a 16x range."""
-        if m == 1:
-            res = _direct_m1_pass(y[idx], x[idx, 0], w[0], theta[0], theta[1], theta[2] * theta[2],
-                                  opts.fallback_nodes)
-        else:
-            ys, c2_, mu_, v_, y2_ = terms_at(theta, idx)
-            ss, sds = s_hat[idx], sd[idx]
-            k0_, _, _ = _cgf_derivs(ss, c2_, mu_, v_, y2_)
-            res = _fourier_pass(ys, ss, k0_, sds * sds, c2_, mu_, v_, y2_, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
-        return res.logp, res
-
-    def tier(fn, checked, state):
-        """Recompute the observations flagged in state[0], r at a time; those that ``fn`` does not
+    def tier(name, checked, state):
+        """Recompute the observations flagged in state[0], r at a time; those that the tier does not
         certify (when ``checked``) are flagged in state[5] for the next tier."""
 
-        def body(st):
-            todo, logp, err, fb, jac, nxt = st
+        def fn(th, idx):
+            res = _tier_pass(name, opts, *th, y[idx], st.delta[idx], x[idx], w, st.s_hat[idx], st.sd[idx],
+                             st.branch_ok[idx])
+            return res.logp, res
+
+        def body(stt):
+            todo, logp, err, fb, jac, nxt = stt
             idx = jnp.argsort(~todo, stable=True)[:r]          # up to r observations still to do
             res, jac_r = with_jac(lambda th: fn(th, idx), theta)
             e_r = _error_estimate(res, eps)
@@ -650,23 +783,20 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
             if jac is not None:
                 jac = jac.at[idx].set(jnp.where(better[:, None], jac_r, jac[idx]))
             if checked:
-                passed = (res.err_disc < tol["disc"]) & (res.err_tail < tol["tail"])
-                nxt = nxt.at[idx].set(nxt[idx] | (sel & ~passed))
+                nxt = nxt.at[idx].set(nxt[idx] | (sel & ~_certified(res, tol)))
             return todo.at[idx].set(False), logp, err, fb, jac, nxt
 
-        return lax.while_loop(lambda st: jnp.any(st[0]), body, state)
+        return lax.while_loop(lambda stt: jnp.any(stt[0]), body, state)
 
     nobody = jnp.zeros(n, bool)
-    if m == 1:  # the fast pass cannot beat the 1/t tail of M = 1: go straight to the direct scheme
-        state = tier(robust_fn, False, (~ok, logp, err, nobody, jac, nobody))
-    else:
-        state = tier(medium_fn, True, (~ok, logp, err, nobody, jac, nobody))
-        state = tier(tilted_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,))
-        if m == 2:  # what the bent contour could not certify: quadrature in polar coordinates
-            state = tier(polar_fn, True, (state[5],) + tuple(state[1:5]) + (nobody,))
-        state = tier(robust_fn, False, (state[5],) + tuple(state[1:5]) + (nobody,))
+    names = _tier_names(m)
+    state = (~st.ok, st.logp, st.err, nobody, st.jac, nobody)
+    for i, name in enumerate(names):
+        if i:
+            state = (state[5],) + tuple(state[1:5]) + (nobody,)
+        state = tier(name, i < len(names) - 1, state)
     _, logp, err, fb, jac, _ = state
-    return logp, err, fb, jac
+    return logp, _finish(logp, err, st.extra, jac), fb, jac
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(6,))
@@ -692,6 +822,10 @@ def _exact_jvp(opts, primals, tangents):
 
 
 _exact.defjvp(_exact_jvp, symbolic_zeros=True)
+
+# one compiled function per (shapes, dtype, options): eager calls reuse it instead of re-tracing and
+# re-compiling the while loops on every call (inside an outer jit it is simply inlined)
+_exact_jit = jax.jit(_exact, static_argnums=(6,))
 
 
 def noisydot_logpdf_with_error(
@@ -725,7 +859,7 @@ def noisydot_logpdf_with_error(
     sy = jnp.asarray(y_noise, dtype)
     opts = _Opts(float(h), int(n_nodes), int(n_iter), int(group), int(fallback_nodes), int(fallback_batch),
                  int(polar_nodes), float(tilted_h), float(tilted_range))
-    logp, err, fb = _exact(sx, sw, sy, y, x, w, opts)
+    logp, err, fb = _exact_jit(sx, sw, sy, y, x, w, opts)
     return LogpdfResult(logp, err, fb > 0.5)
 
 
@@ -741,3 +875,180 @@ def noisydot_logpdf(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, **kwargs):
     check_positive("w_noise_lvl", w_noise_lvl)
     check_positive("y_noise", y_noise, allow_zero=True)
     return noisydot_logpdf_with_error(y, x, w, x_noise_lvl, w_noise_lvl, y_noise, **kwargs).logp
+
+
+# ---------------------------------------------------------------------------------------------
+# Many parameter points per replicate (a quadrature over (σ_x, σ_w)): two-phase evaluation.
+# ---------------------------------------------------------------------------------------------
+
+class GridResult(NamedTuple):
+    """Summed log-likelihood of each replicate at each of its parameter points (host arrays)."""
+
+    loglik: np.ndarray     # (S, K) Σ_n log p(y_sn | x_sn, w_s, σ_x,sk, σ_w,sk, σ_y)
+    err: np.ndarray        # (S, K) Σ_n of the per-observation error estimates (nats)
+    n_robust: np.ndarray   # (S, K) observations the fast pass could not certify (evaluated by the tiers)
+    grad: np.ndarray | None = None   # (S, K, 2) d loglik / d(σ_x, σ_w) when asked for
+
+
+def _opts_from(kwargs) -> _Opts:
+    d = dict(h=0.6, n_nodes=13, n_iter=6, group=8, fallback_nodes=512, fallback_batch=16, polar_nodes=128,
+             tilted_h=0.05, tilted_range=28.0)
+    unknown = set(kwargs) - set(d)
+    if unknown:
+        raise ValueError(f"unknown quadrature option(s) {sorted(unknown)}; known: {sorted(d)}")
+    d.update(kwargs)
+    return _Opts(float(d["h"]), int(d["n_nodes"]), int(d["n_iter"]), int(d["group"]), int(d["fallback_nodes"]),
+                 int(d["fallback_batch"]), int(d["polar_nodes"]), float(d["tilted_h"]), float(d["tilted_range"]))
+
+
+@partial(jax.jit, static_argnames=("opts", "with_grad"))
+def _grid_fast(y, x, w, sx, sw, sy, opts, with_grad):
+    """Phase 1 on a block of P points: y (P, N), x (P, N, M), w (P, M), σ (P,). Per (point, observation)
+    the fast-pass result, its certification and what phase 2 starts from."""
+
+    def one(y1, x1, w1, sx1, sw1):
+        st = _fast_stage(sx1, sw1, sy, y1, x1, w1, opts, (0, 1) if with_grad else ())
+        jac = st.jac if with_grad else jnp.zeros(y1.shape + (0,), y1.dtype)
+        return st.logp, st.err, st.ok, st.extra, st.delta, st.s_hat, st.sd, st.branch_ok, jac
+
+    return jax.vmap(one)(y, x, w, sx, sw)
+
+
+@partial(jax.jit, static_argnames=("tier", "opts", "with_grad"))
+def _grid_tier(y, delta, x, w, sx, sw, sy, s_hat, sd, branch_ok, tier, opts, with_grad):
+    """Phase 2: one robust tier on a bucket of B independent (replicate, point, observation) triples:
+    y, δ, σ_x, σ_w, ŝ, √K'', branch check (B,), x and w (B, M)."""
+
+    def one(y1, d1, x1, w1, sx1, sw1, s1, sd1, b1):
+        def f(th):
+            res = _tier_pass(tier, opts, th[0], th[1], sy, y1[None], d1[None], x1[None], w1, s1[None], sd1[None],
+                             b1[None])
+            return res.logp[0], res
+        if with_grad:
+            jac, res = jax.jacfwd(f, has_aux=True)((sx1, sw1))
+            jac = jnp.stack(jac)
+        else:
+            res = f((sx1, sw1))[1]
+            jac = jnp.zeros((0,), y1.dtype)
+        return res.logp[0], res.err_disc[0], res.err_tail[0], jac
+
+    return jax.vmap(one)(y, delta, x, w, sx, sw, s_hat, sd, branch_ok)
+
+
+def _pad_to(a, size):
+    """a (n, ...) padded to (size, ...) with copies of its first row (valid inputs, results dropped)."""
+    n = a.shape[0]
+    if n == size:
+        return a
+    return np.concatenate([a, np.broadcast_to(a[:1], (size - n,) + a.shape[1:])], axis=0)
+
+
+def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=False, block_obs=8192,
+                bucket=128, **options) -> GridResult:
+    """Summed exact log-likelihood of S replicates at K parameter points each, two-phase (host level).
+
+    y (S, N), x (S, N, M), w (S, M), x_noise_lvl and w_noise_lvl (S, K), y_noise a scalar. Returns a
+    :class:`GridResult` of NumPy arrays (S, K) (``grad`` (S, K, 2) w.r.t. (σ_x, σ_w) if ``with_grad``).
+
+    Phase 1: the vectorised fast pass for every (replicate, point, observation), in blocks of about
+    ``block_obs`` observations (points padded to a fixed block, so one compiled function serves every
+    call with the same N and M). Phase 2: only the triples the fast pass could not certify are
+    gathered on the host and evaluated, tier after tier (those of :func:`noisydot_logpdf_with_error`,
+    in the same order, each tier only on what the previous one did not certify), in buckets of
+    ``bucket`` triples padded to that size, so each tier compiles once. Under ``vmap`` the in-graph
+    version pays every ``while_loop`` round of the worst observation for the whole batch; here the
+    robust work is proportional to the number of uncertified triples. Per observation the result
+    is the one :func:`noisydot_logpdf_with_error` returns (whichever tier has the smaller error
+    estimate; same passes, same nodes), summed over observations. Value only by default; with
+    ``with_grad`` also the derivative (analytic in phase 1, forward-mode in the tiers).
+    ``options``: the quadrature options of :func:`noisydot_logpdf_with_error`.
+    """
+    as_finite_array("y", y, ndim=2)
+    as_finite_array("x", x, ndim=3)
+    as_finite_array("w", w, ndim=2)
+    x = np.asarray(x)
+    dtype = np.dtype(jnp.result_type(x.dtype, float))
+    x = x.astype(dtype)
+    y = np.asarray(y, dtype)
+    w = np.asarray(w, dtype)
+    s_rep, n, m = x.shape
+    if y.shape != (s_rep, n):
+        raise ValueError(f"y must have shape (S, N) = {(s_rep, n)} to match x {x.shape}, got {y.shape}")
+    if w.shape != (s_rep, m):
+        raise ValueError(f"w must have shape (S, M) = {(s_rep, m)} to match x {x.shape}, got {w.shape}")
+    if np.any(np.all(w == 0, axis=-1)):
+        raise ValueError("w is all zero in some replicate: the device output carries no information about the noise")
+    sx = np.asarray(x_noise_lvl, dtype)
+    sw = np.asarray(w_noise_lvl, dtype)
+    for name, a in (("x_noise_lvl", sx), ("w_noise_lvl", sw)):
+        if a.ndim != 2 or a.shape[0] != s_rep:
+            raise ValueError(f"{name} must have shape (S, K) with S = {s_rep}, got {a.shape}")
+        check_positive(name, a)
+    if sx.shape != sw.shape:
+        raise ValueError(f"x_noise_lvl {sx.shape} and w_noise_lvl {sw.shape} must have the same shape (S, K)")
+    if np.ndim(y_noise) != 0:
+        raise ValueError(f"y_noise must be a scalar, got shape {np.shape(y_noise)}")
+    check_positive("y_noise", y_noise, allow_zero=True)
+    if int(bucket) < 1 or int(block_obs) < 1:
+        raise ValueError("bucket and block_obs must be >= 1")
+    opts = _opts_from(options)
+    k = sx.shape[1]
+    eps = float(np.finfo(dtype).eps)
+    tol = _tolerances(dtype)
+    sy = jnp.asarray(y_noise, dtype)
+    n_pts = s_rep * k
+    rep = np.repeat(np.arange(s_rep), k)
+    sx_p, sw_p = sx.reshape(-1), sw.reshape(-1)
+
+    # ---- phase 1: the fast pass everywhere ----------------------------------------------------
+    pb = max(1, min(n_pts, int(block_obs) // n))
+    outs = []
+    for start in range(0, n_pts, pb):
+        sl = slice(start, min(start + pb, n_pts))
+        r = rep[sl]
+        args = [_pad_to(a, pb) for a in (y[r], x[r], w[r], sx_p[sl], sw_p[sl])]
+        res = _grid_fast(*args, sy, opts=opts, with_grad=bool(with_grad))
+        outs.append([np.asarray(a)[: sl.stop - sl.start] for a in res])
+    logp, err, ok, extra, delta, s_hat, sd, branch_ok, jac = (np.concatenate(c, axis=0) for c in zip(*outs))
+    logp, err, jac = logp.copy(), err.copy(), jac.copy()
+
+    # ---- phase 2: the uncertified triples, tier by tier, in fixed-size buckets -----------------
+    todo_p, todo_n = np.nonzero(~ok)
+    n_robust = np.bincount(todo_p, minlength=n_pts)
+    names = _tier_names(m)
+    for i, tier in enumerate(names):
+        if todo_p.size == 0:
+            break
+        nxt = []
+        for start in range(0, todo_p.size, int(bucket)):
+            p_i, n_i = todo_p[start:start + int(bucket)], todo_n[start:start + int(bucket)]
+            r = rep[p_i]
+            args = [_pad_to(a, int(bucket)) for a in (y[r, n_i], delta[p_i, n_i], x[r, n_i], w[r], sx_p[p_i],
+                                                     sw_p[p_i])]
+            rest = [_pad_to(a, int(bucket)) for a in (s_hat[p_i, n_i], sd[p_i, n_i], branch_ok[p_i, n_i])]
+            lp_r, ed, et, jac_r = (np.asarray(a)[: p_i.size] for a in _grid_tier(
+                *args, sy, *rest, tier=tier, opts=opts, with_grad=bool(with_grad)))
+            e_r = np.maximum(np.maximum(ed, et), eps)
+            better = e_r <= err[p_i, n_i]
+            logp[p_i[better], n_i[better]] = lp_r[better]
+            err[p_i[better], n_i[better]] = e_r[better]
+            if with_grad:
+                jac[p_i[better], n_i[better]] = jac_r[better]
+            if i < len(names) - 1:
+                keep = ~((ed < tol["disc"]) & (et < tol["tail"]))
+                nxt.append((p_i[keep], n_i[keep]))
+        if nxt:
+            todo_p = np.concatenate([a for a, _ in nxt])
+            todo_n = np.concatenate([b for _, b in nxt])
+        else:
+            todo_p = todo_n = np.zeros(0, int)
+
+    # ---- per-observation finish (as in noisydot_logpdf_with_error), sum over observations ------
+    err = err + extra
+    bad = ~np.isfinite(logp)
+    if with_grad:
+        bad |= ~np.all(np.isfinite(jac), axis=-1)
+    err = np.where(bad, np.inf, err)
+    shape = (s_rep, k)
+    grad = jac.sum(axis=1).reshape(shape + (2,)) if with_grad else None
+    return GridResult(logp.sum(axis=1).reshape(shape), err.sum(axis=1).reshape(shape), n_robust.reshape(shape), grad)
