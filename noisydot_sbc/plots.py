@@ -202,6 +202,14 @@ def _declared_replicate_vars(ds) -> list[str]:
     return out
 
 
+def has_diagnostics(ds) -> bool:
+    """Whether :func:`plot_diagnostics` has anything to draw for ``ds``."""
+    return any(v in ds.variables for v in DIAGNOSTIC_PANELS) or bool(_declared_replicate_vars(ds))
+
+
+DIAGNOSTIC_PANELS = ("diverging", "r_hat", "ess_bulk", "ess_tail", "bfmi")
+
+
 def plot_diagnostics(ds) -> Figure:
     """Distributions over replicates of the diagnostics present: divergences, R-hat, bulk and
     tail ESS (per parameter), E-BFMI, with the warning thresholds of
@@ -211,7 +219,7 @@ def plot_diagnostics(ds) -> Figure:
     ok = _ok(ds)
     params = [str(p) for p in ds["parameter"].values]
     pal = sns.color_palette("deep", max(2, len(params)))
-    panels = [v for v in ("diverging", "r_hat", "ess_bulk", "ess_tail", "bfmi") if v in ds.variables]
+    panels = [v for v in DIAGNOSTIC_PANELS if v in ds.variables]
     panels += _declared_replicate_vars(ds)
     if not panels:
         raise ValueError("ds holds no diagnostics to plot (none of diverging, r_hat, ess_bulk, ess_tail, bfmi, "

@@ -95,11 +95,12 @@ def sbc_chunk(setup: Setup, index: int, replicate_ids, progress=None):
     chunk = screen_draws(setup, chunk)
     chunk = evaluate_quantities(setup, chunk)
     arrays = rank_statistics(setup, chunk)
-    arrays.update(fit_diagnostics(setup, chunk))
+    diag_arrays, descriptions = fit_diagnostics(setup, chunk)
+    arrays.update(diag_arrays)
     arrays.update(degeneracy(setup, chunk))
     if setup.fisher_sims > 0:
         arrays.update(fisher_information(setup, chunk))
-    return chunk_dataset(setup, chunk, arrays)
+    return chunk_dataset(setup, chunk, arrays, descriptions)
 
 
 def simulate_and_fit(setup: Setup, index: int, replicate_ids: np.ndarray, progress=None) -> Chunk:
@@ -218,9 +219,10 @@ def rank_statistics(setup: Setup, chunk: Chunk) -> dict:
     return out
 
 
-def fit_diagnostics(setup: Setup, chunk: Chunk) -> dict:
+def fit_diagnostics(setup: Setup, chunk: Chunk) -> tuple[dict, dict]:
     """The diagnostics of the statistics the inference method declares, the share of the batch's
-    wall time per replicate, and the draws kept for storage (per chain, evenly spaced)."""
+    wall time per replicate, and the draws kept for storage (per chain, evenly spaced); and the
+    description of each diagnostic (stored as variable attributes, read by the plots)."""
     from .. import diagnostics, results
 
     failed = chunk.failures.failed
@@ -234,7 +236,7 @@ def fit_diagnostics(setup: Setup, chunk: Chunk) -> dict:
     idx = np.linspace(0, n_draw - 1, max(1, setup.num_ranks // n_chain)).round().astype(int)
     stored = np.stack([samples[p][:, :, idx] for p in PARAMS], axis=-1)
     out["draws"] = np.where(failed[:, None, None, None], np.nan, stored)
-    return out
+    return out, diag.attrs()
 
 
 def degeneracy(setup: Setup, chunk: Chunk) -> dict:
@@ -280,8 +282,9 @@ def fisher_information(setup: Setup, chunk: Chunk) -> dict:
             "fisher_weakest_direction": (("replicate", "parameter"), weak)}
 
 
-def chunk_dataset(setup: Setup, chunk: Chunk, arrays: dict):
-    """The chunk's Dataset: the step variables plus ``failed`` / ``error`` and the run attributes."""
+def chunk_dataset(setup: Setup, chunk: Chunk, arrays: dict, descriptions: dict | None = None):
+    """The chunk's Dataset: the step variables plus ``failed`` / ``error`` and the run attributes;
+    ``descriptions``: variable -> attributes (e.g. ``Diagnostics.attrs()``)."""
     from .. import results
 
     arrays = dict(arrays, failed=chunk.failures.failed, error=np.array(chunk.failures.error, dtype=object))
@@ -290,7 +293,7 @@ def chunk_dataset(setup: Setup, chunk: Chunk, arrays: dict):
                  compile_time=float(post.compile_time))
     coords = {"quantity": list(setup.quantities), "parameter": list(PARAMS),
               "replicate": np.asarray(chunk.replicate_ids)}
-    return results.build_sbc_dataset(arrays, coords=coords, attrs=attrs)
+    return results.build_sbc_dataset(arrays, coords=coords, attrs=attrs, descriptions=descriptions)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -373,5 +376,10 @@ def save_plots(ds, out) -> None:
         "zscore_contraction.png": lambda: plots.plot_zscore_contraction(ds),
         "diagnostics.png": lambda: plots.plot_diagnostics(ds),
     }
+    if not plots.has_diagnostics(ds):
+        log.info("no diagnostics.png: the inference method declares no statistics to plot")
+        figs.pop("diagnostics.png")
+    if "ref_w1_log" in ds:
+        figs["reference.png"] = lambda: plots.plot_reference(ds)
     for name, make in figs.items():
         make().savefig(out / name, dpi=110, bbox_inches="tight")
