@@ -12,9 +12,9 @@
    that differ and what deleting would lose), and replaces the stored one if it holds none.
 
 The fingerprint hashes everything that changes a task's results: not the progress bar, not
-Hydra's settings, not the output folder, and the measured data (``data``) only for a task that
-reads them (``task=fit``), by the file's contents rather than its path; so the identical command
-started from another directory resumes.
+Hydra's settings, not the output folder, not the study cell's label (``study``), and the
+measured data (``data``) only for a task that reads them (``task=fit``), by the file's contents
+rather than its path; so the identical command started from another directory resumes.
 
 """
 from __future__ import annotations
