@@ -88,6 +88,8 @@ def timing(a) -> dict:
     runs = {
         "nuts_marginal": (get_method("nuts", **nuts), build_model("marginal", STRONG)),
         "quadrature_marginal": (get_method("quadrature", num_draws=a.draws), build_model("marginal", STRONG)),
+        "quadrature_marginal_laxmap": (get_method("quadrature", num_draws=a.draws, exact_likelihood="map"),
+                                       build_model("marginal", STRONG)),
         "nuts_gaussian": (get_method("nuts", **nuts), build_model("gaussian", STRONG)),
         "quadrature_gaussian": (get_method("quadrature", num_draws=a.draws), build_model("gaussian", STRONG)),
     }

@@ -88,6 +88,9 @@ class QuadratureConfig:
     chain_method: ``vectorized`` (a batch of replicates per likelihood call), ``sequential`` (one
         replicate at a time) or ``parallel`` (batches spread over the local JAX devices, one thread each).
     batch_size: replicates per batch (0: all at once).
+    exact_likelihood: how the exact (marginal) likelihood is evaluated at many points: ``grid``
+        (:func:`noisydot_sbc.likelihoods.loglik_grid`, two-phase) or ``map`` (``lax.map`` over points
+        in small batches); identical values, different cost profiles.
     """
 
     name: str = "quadrature"
@@ -103,6 +106,7 @@ class QuadratureConfig:
     polish_steps: int = 4
     chain_method: str = "vectorized"
     batch_size: int = 0
+    exact_likelihood: str = "grid"
 
     def validate(self) -> "QuadratureConfig":
         if self.name != "quadrature":
@@ -120,6 +124,8 @@ class QuadratureConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{f} must be an integer >= 0, got {v!r}")
+        if self.exact_likelihood not in ("grid", "map"):
+            raise ValueError(f"exact_likelihood must be 'grid' or 'map', got {self.exact_likelihood!r}")
         if self.chain_method not in CHAIN_METHODS:
             raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {self.chain_method!r}")
         if self.dz * 2 > self.max_radius:
@@ -266,12 +272,12 @@ class _Evaluator:
     of a chunk go through ``lax.map`` in batches of MAP_BATCH, because its robust tiers are
     while_loops and under ``vmap`` every round would be paid by the whole batch."""
 
-    def __init__(self, model, data):
+    def __init__(self, model, data, use_grid=True):
         self.model = model
         self.y, self.x, self.w = data["y"], data["x"], data["w"]
         self.compile_time = 0.0
         self.grid = None
-        if model.name == "marginal":
+        if model.name == "marginal" and use_grid:
             try:
                 from ..likelihoods import loglik_grid
                 self.grid = loglik_grid
@@ -295,7 +301,8 @@ class _Evaluator:
         B, K = z.shape[:2]
         if B == 0 or K == 0:
             return np.zeros((B, K)), np.zeros((B, K))
-        sx, sw = np.exp(z[..., 0]), np.exp(z[..., 1])
+        zc = np.clip(z, -700.0, 700.0)  # finite, positive noise levels (no mass out there anyway)
+        sx, sw = np.exp(zc[..., 0]), np.exp(zc[..., 1])
         if self.grid is not None:
             res = self.grid(self.y[rep_idx], self.x[rep_idx], self.w[rep_idx], sx, sw, float(self.model.y_noise))
             return np.asarray(res.loglik, np.float64), np.asarray(res.err, np.float64)
@@ -994,7 +1001,7 @@ def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfi
     def run(args):
         kb, idx, device = args
         dd = dev_data if device is None else {k: jax.device_put(v, device) for k, v in dev_data.items()}
-        ev = _Evaluator(model, dd)
+        ev = _Evaluator(model, dd, use_grid=config.exact_likelihood == "grid")
         out = _integrate_batch(kb, model, dd, idx, config, ev)
         out["compile_time"] = ev.compile_time
         done[0] += idx.size
@@ -1072,7 +1079,9 @@ class Quadrature:
         info = dict(dataclasses.asdict(self.config))
         info["chain_method_resolved"] = (self.config.chain_method if self.config.chain_method != "parallel"
                                          or len(jax.local_devices()) > 1 else "vectorized")
-        info["likelihood"] = "loglik_grid" if _has_loglik_grid() and model.name == "marginal" else "vmap"
+        info["likelihood"] = ("loglik_grid" if _has_loglik_grid() and model.name == "marginal"
+                              and self.config.exact_likelihood == "grid" else "lax.map" if model.name == "marginal"
+                              else "vmap")
         return Posterior(
             samples=samples, sample_stats={}, fit_stats=fit_stats, stat_specs=specs, failed=res.failed,
             error=list(res.error), inference="quadrature", info=info, independent_draws=True,
