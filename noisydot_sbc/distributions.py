@@ -51,6 +51,31 @@ def _check_params(x, w, noise):
         check_positive(name, val, allow_zero=name == "y_noise")
 
 
+def _row_logpdf(y, x, w, sx, sw, sy):
+    return tuple(noisydot_logpdf_with_error(y, x, w, sx, sw, sy))
+
+
+_rows_jit = jax.jit(jax.vmap(_row_logpdf))
+
+
+def _logpdf_rows(y, x, w, sx, sw, sy):
+    """Exact log density of R independent rows: y (R, N), x (R, N, M), w (R, M), noise levels (R,).
+
+    One row is evaluated without vmap (the common case inside a model). With concrete inputs the
+    rows are padded to a power of two (copies of the first row) before the compiled, vmapped
+    evaluator, so that different sample shapes reuse a few compiled functions; traced inputs are
+    evaluated as they are."""
+    r = y.shape[0]
+    if r == 1:
+        return tuple(a[None] for a in _row_logpdf(y[0], x[0], w[0], sx[0], sw[0], sy[0]))
+    args = (y, x, w, sx, sw, sy)
+    if any(isinstance(a, jax.core.Tracer) for a in args):
+        return jax.vmap(_row_logpdf)(*args)
+    size = 1 << (r - 1).bit_length()
+    padded = [jnp.concatenate([a, jnp.broadcast_to(a[:1], (size - r,) + a.shape[1:])]) for a in args]
+    return tuple(o[:r] for o in _rows_jit(*padded))
+
+
 class NoisyDot(Distribution):
     """Output of the noisy device for a design x (..., N, M), weights w (..., M) and noise levels.
 
@@ -151,26 +176,17 @@ class NoisyDot(Distribution):
         except ValueError:
             raise ValueError(f"y of shape {jnp.shape(value)} does not broadcast against the batch shape "
                              f"{self.batch_shape} (one value per observation, i.e. per row of x)") from None
-        n_sample = len(out_shape) - len(self.batch_shape)
-        sample_shape = out_shape[:n_sample]
-        yv = jnp.broadcast_to(value, out_shape).reshape((math.prod(sample_shape),) + self.batch_shape)
+        n_sample = math.prod(out_shape[: len(out_shape) - len(self.batch_shape)])
         x, w, (sx, sw, sy) = self._flat_params()
-        size, n = x.shape[0], x.shape[1]
-        yv = yv.reshape(yv.shape[0], size, n)
-
-        if self._per_observation_noise():
-            def design(yl, xl, wl, sxl, swl, syl):
-                one = lambda yy, xx, a, b, c: tuple(noisydot_logpdf_with_error(yy[None], xx[None], wl, a, b, c))
-                return jax.vmap(one)(yl, xl, sxl, swl, syl)
-            res = jax.vmap(lambda yy: jax.vmap(design)(yy, x, w, sx, sw, sy))(yv)
-            res = tuple(r[..., 0] for r in res)
-        else:
-            def design(yl, xl, wl, sxl, swl, syl):
-                return tuple(noisydot_logpdf_with_error(yl, xl, wl, sxl[0], swl[0], syl[0]))
-            if yv.shape[0] == 1 and size == 1:
-                res = tuple(r[None, None] for r in design(yv[0, 0], x[0], w[0], sx[0], sw[0], sy[0]))
-            else:
-                res = jax.vmap(lambda yy: jax.vmap(design)(yy, x, w, sx, sw, sy))(yv)
+        size, n, m = x.shape
+        yv = jnp.broadcast_to(value, out_shape).reshape(n_sample, size, n)
+        rep = lambda a: jnp.broadcast_to(a, (n_sample,) + a.shape).reshape((n_sample * size,) + a.shape[1:])
+        if self._per_observation_noise():   # every observation on its own (rows of one observation)
+            rows = (yv.reshape(-1, 1), rep(x).reshape(-1, 1, m), jnp.repeat(rep(w), n, axis=0),
+                    rep(sx).reshape(-1), rep(sw).reshape(-1), rep(sy).reshape(-1))
+        else:                               # one row per (draw, design): its N observations share a call
+            rows = (yv.reshape(-1, n), rep(x), rep(w), rep(sx)[:, 0], rep(sw)[:, 0], rep(sy)[:, 0])
+        res = _logpdf_rows(*rows)
         return LogpdfResult(*(r.reshape(out_shape) for r in res))
 
     @validate_sample

@@ -6,6 +6,7 @@ import pytest
 from scipy import integrate, stats
 
 from noisydot_sbc import likelihoods as L
+from noisydot_sbc.simulate import simulate_y
 
 
 def ref_m1(y, x, w, sx, sw, sy=0.0):
@@ -408,3 +409,141 @@ def test_float32_heavy_corner_m3():
     assert r32.logp.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(r32.logp, np.float64), np.asarray(r64.logp), rtol=0, atol=2e-5)
     assert np.all(np.asarray(r32.err) < 1e-5)
+
+
+# ---- float32: finite, accurate value and gradient where float64 has them (issue: NaN gradients) -----
+
+F32_POINTS = {
+    2: [(0.1, 0.5), (0.3, 2.0), (0.5, 3.0)],
+    3: [(0.3, 1.0), (0.5, 2.0), (0.1, 3.0), (3.0, 3.0), (1.0, 1.0)],   # σ_w ≥ 1 and σ_x = σ_w ≥ 3 (were NaN)
+    4: [(0.5, 1.0), (1.0, 2.0), (2.0, 1.0)],
+}
+
+
+@pytest.mark.parametrize("m", [pytest.param(2, marks=pytest.mark.slow), 3, pytest.param(4, marks=pytest.mark.slow)])
+def test_float32_value_and_gradient_match_float64(m):
+    """Heavy noise, M = 2..4: the bent-contour tier's derivative overflowed float32 (D² ~ 1e46 in the
+    autodiff of g/D) and gave NaN gradients with a finite value. Now every point is finite and agrees
+    with float64 (value within 1e-4 nats per observation, gradient within 1e-3 relative)."""
+    rng = np.random.default_rng(m)
+    n = 8
+    x, w = rng.normal(size=(n, m)), rng.normal(size=m)
+    pts = np.array(F32_POINTS[m])
+    ys = np.stack([np.asarray(simulate_y(jax.random.PRNGKey(i), x, w, *p)) for i, p in enumerate(pts)])
+
+    def vg(dtype):
+        f = jax.value_and_grad(lambda p, y: jnp.sum(L.noisydot_logpdf_with_error(
+            y, x.astype(dtype), w.astype(dtype), p[0], p[1]).logp))
+        v, g = jax.jit(jax.vmap(f))(jnp.asarray(pts, dtype), jnp.asarray(ys, dtype))
+        return np.asarray(v, np.float64), np.asarray(g, np.float64)
+
+    v32, g32 = vg(jnp.float32)
+    v64, g64 = vg(jnp.float64)
+    assert np.all(np.isfinite(v64)) and np.all(np.isfinite(g64))
+    assert np.all(np.isfinite(v32)) and np.all(np.isfinite(g32)), g32
+    np.testing.assert_allclose(v32, v64, rtol=0, atol=1e-4 * n)
+    np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-3)
+
+
+def test_float32_m1_small_and_zero_y():
+    """M = 1 near y = 0: float32 matches float64 down to |y| = 1e-20 (the weight-noise pass works in
+    units of e^z, the conditional variance no longer underflows), and y = 0 exactly, where the true
+    density is infinite (log singularity, no readout noise), is flagged with an infinite error estimate
+    in both precisions, with finite value and gradient."""
+    x = np.array([[0.3], [0.3], [0.3], [1.0], [0.0]])
+    w = np.array([1.0])
+    y = np.array([1e-20, 1e-10, 0.0, 0.0, 0.5])
+    out = {}
+    for dt in (np.float32, np.float64):
+        f = lambda p: L.noisydot_logpdf_with_error(y.astype(dt), x.astype(dt), w.astype(dt), p[0], p[1])
+        p = jnp.asarray([0.3, 2.0], dt)
+        res = f(p)
+        jac = jax.jacfwd(lambda q: f(q).logp)(p)
+        assert np.all(np.isfinite(np.asarray(res.logp))) and np.all(np.isfinite(np.asarray(jac)))
+        assert np.all(np.isinf(np.asarray(res.err)[[2, 3]]))
+        assert np.all(np.asarray(res.err)[[0, 1, 4]] < (1e-6 if dt == np.float32 else 1e-12))
+        out[dt] = (np.asarray(res.logp, np.float64), np.asarray(jac, np.float64))
+    keep = [0, 1, 4]
+    np.testing.assert_allclose(out[np.float32][0][keep], out[np.float64][0][keep], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(out[np.float32][1][keep], out[np.float64][1][keep], rtol=1e-4, atol=1e-5)
+
+
+# ---- tiny noise levels: right, or flagged (issue: impossible densities) -------------------------
+
+def test_tiny_noise_levels_right_down_to_1e_14():
+    """Dyadic design (x·w exact in floating point) and y = E[y] + δ with δ on the float grid, so the
+    reference is exact: at these noise levels the density is Gaussian to relative O(σ)
+    (log N(δ; 0, Var)). Before the centred CGF, s·E[y] ~ 1e24 was formed and subtracted again
+    (log p = 7.8e6 at 1e-20)."""
+    x = np.array([[0.5, 1.0, -0.25]] * 3)
+    w = np.array([1.0, 0.5, 2.0])
+    mean = float(x[0] @ w)
+    for s in (1e-10, 1e-12, 1e-14, 1e-20):
+        _, var = L.moments(x, w, s, s)
+        sd = float(np.sqrt(var[0]))
+        d = np.round(np.array([0.0, 2.0, -3.0]) * sd / 2**-52) * 2**-52
+        res = L.noisydot_logpdf_with_error(mean + d, x, w, s, s)
+        ref = -0.5 * np.log(2 * np.pi * np.asarray(var)) - 0.5 * d**2 / np.asarray(var)
+        if s >= 1e-14:
+            np.testing.assert_allclose(np.asarray(res.logp), ref, rtol=0, atol=1e-8)
+        err = np.abs(np.asarray(res.logp) - ref)
+        assert np.all(err <= np.asarray(res.err) + 1e-8), (s, err, res.err)
+
+
+@pytest.mark.parametrize("s", [1e-20, 1e-30])
+def test_tiny_noise_levels_never_silently_wrong(s):
+    """The issue's case: random x, w, y = Σ x·w (so y - E[y] is only rounding, ~1e-16, which is
+    thousands of standard deviations at σ = 1e-20). Every value is right (at most the Gaussian peak,
+    within its estimate) or flagged with an estimate large enough to cover it; nothing is NaN."""
+    rng = np.random.default_rng(0)
+    for m in (1, 8):
+        x, w = rng.normal(size=(3, m)), rng.normal(size=m)
+        y = np.sum(x * w, axis=-1)
+        res = L.noisydot_logpdf_with_error(y, x, w, s, s)
+        _, var = L.moments(x, w, s, s)
+        peak = -0.5 * np.log(2 * np.pi * np.asarray(var))
+        lp, err = np.asarray(res.logp), np.asarray(res.err)
+        assert not np.any(np.isnan(lp))
+        assert np.all(lp <= peak + err + 1e-8)          # never above the peak of a Gaussian of that width
+        # right (within 1e-6 of the peak: δ is 0 or far below sd) or flagged by an estimate that covers it
+        assert np.all((np.abs(lp - peak) < 1e-6) | (err >= np.abs(lp - peak)) | (err > 1.0))
+
+
+# ---- loglik_grid: two-phase evaluation of many parameter points per replicate --------------------
+
+@pytest.mark.parametrize("m", [1, 2, 8])
+def test_loglik_grid_matches_per_point_evaluation(m):
+    """Replicates × parameter points incl. tail points (σ_w up to 1, where most observations need the
+    robust tiers): the two-phase grid evaluation equals per-point noisydot_logpdf_with_error (value,
+    summed error estimate, and for M = 2 the gradient) to float64 accuracy."""
+    rng = np.random.default_rng(10 + m)
+    s, n = 2, 12
+    x, w = rng.normal(size=(s, n, m)), rng.normal(size=(s, m))
+    sx = np.array([[0.1, 0.3, 0.5, 1.0], [0.05, 0.2, 0.4, 0.8]])
+    sw = np.array([[0.05, 0.3, 0.6, 1.0], [0.4, 0.1, 1.0, 0.7]])
+    y = np.einsum("snm,sm->sn", x, w) + 0.5 * rng.normal(size=(s, n))
+    g = L.loglik_grid(y, x, w, sx, sw, with_grad=(m == 2), bucket=16)
+    assert g.loglik.shape == g.err.shape == g.n_robust.shape == sx.shape
+    assert g.n_robust.sum() > 20 and g.n_robust.min() == 0        # the grid really mixes both phases
+    for i in range(s):
+        per_point = [L.noisydot_logpdf_with_error(y[i], x[i], w[i], a, b) for a, b in zip(sx[i], sw[i])]
+        np.testing.assert_allclose(g.loglik[i], [float(np.sum(r.logp)) for r in per_point], rtol=1e-13, atol=1e-11)
+        np.testing.assert_allclose(g.err[i], [float(np.sum(r.err)) for r in per_point], rtol=1e-6)
+        assert np.all(g.n_robust[i] >= [int(np.sum(r.fallback)) for r in per_point])
+        if m == 2:
+            f = jax.jit(jax.grad(lambda p: jnp.sum(L.noisydot_logpdf_with_error(y[i], x[i], w[i], p[0], p[1]).logp)))
+            ref = np.stack([np.asarray(f(jnp.array([a, b]))) for a, b in zip(sx[i], sw[i])])
+            np.testing.assert_allclose(g.grad[i], ref, rtol=1e-11, atol=1e-10)
+
+
+def test_loglik_grid_bad_input():
+    y, x, w = np.zeros((2, 3)), np.ones((2, 3, 2)), np.ones((2, 2))
+    good = np.full((2, 4), 0.2)
+    with pytest.raises(ValueError, match="x_noise_lvl"):
+        L.loglik_grid(y, x, w, -good, good)
+    with pytest.raises(ValueError, match="w_noise_lvl"):
+        L.loglik_grid(y, x, w, good, np.full((3, 4), 0.2))
+    with pytest.raises(ValueError, match="y"):
+        L.loglik_grid(np.zeros((2, 4)), x, w, good, good)
+    with pytest.raises(ValueError, match="w"):
+        L.loglik_grid(y, x, np.zeros((2, 2)), good, good)
