@@ -118,7 +118,7 @@ def timing(a) -> dict:
             "nuts": nuts, "repeats": a.repeats, "methods": out}
 
 
-def accuracy(a) -> dict:
+def accuracy(a, partial=None) -> dict:
     cases = [("strong", STRONG, 8, False), ("strong", STRONG, 2, False), ("strong", STRONG, 1, False),
              ("weak", WEAK, 8, False), ("weak", WEAK, 2, False), ("weak", WEAK, 1, False),
              ("strong", STRONG, 8, True), ("weak", WEAK, 8, True)]
@@ -158,6 +158,8 @@ def accuracy(a) -> dict:
             rows.append(row)
         print(f"case {pname} M={M} degenerate={degenerate}: quad {tq / per_case:.2f} s/fit, "
               f"nuts {tn / per_case:.1f} s/fit, certified {np.mean(exact.certified):.2f}", flush=True)
+        if partial is not None:  # keep what is done if a long run is stopped
+            partial({"rows_so_far": rows})
     qs = [qq for r in rows if not r["nuts_failed"] for e in r["params"].values() for qq in e["quantiles"]]
     cert = [qq for r in rows if r["certified"] and not r["nuts_failed"] for e in r["params"].values()
             for qq in e["quantiles"]]
@@ -195,9 +197,12 @@ def main():
         a.replicates, a.repeats, a.warmup, a.samples, a.per_case = 2, 1, 100, 100, 1
         a.long_warmup, a.long_samples, a.acc_obs, a.obs = 100, 200, 50, 50
     info = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "smoke": a.smoke}
-    info[a.task] = timing(a) if a.task == "timing" else accuracy(a)
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"quadrature_{a.task}.json"
-    out.write_text(json.dumps(info, indent=2, default=float))
+
+    def write(result):
+        out.write_text(json.dumps(dict(info, **{a.task: result}), indent=2, default=float))
+
+    write(timing(a) if a.task == "timing" else accuracy(a, partial=write))
     print(f"wrote {out}")
 
 
