@@ -249,8 +249,13 @@ class SBCConfig:
     num_ranks: int = 199  # L: thinned posterior draws per replicate; ranks lie in 0..L
     fisher_sims: int = 0  # > 0: expected Fisher information per replicate at the true values
     quantities: List[str] = field(default_factory=_default_quantities)  # test quantities (noisydot_sbc.quantities)
+    # "exact": per replicate, the discrepancy of the fit to the quadrature posterior of the exact
+    # (marginal) model for the same data (variables ref_*); "none": no reference
+    reference: str = "none"
 
     def validate(self):
+        if self.reference not in ("none", "exact"):
+            _fail("sbc.reference", "must be 'none' or 'exact'", self.reference)
         _int("sbc.num_replicates", self.num_replicates, 1)
         _int("sbc.chunk_size", self.chunk_size, 1)
         _int("sbc.num_ranks", self.num_ranks, 1)
