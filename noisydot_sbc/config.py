@@ -311,19 +311,12 @@ def mutable_schema(method_config: type) -> type:
     return dataclasses.make_dataclass(f"{method_config.__name__}Schema", fields)
 
 
-# the inference methods whose config dataclass is the schema of ``sampler=<name>``
-METHOD_MODULES = {"nuts": ("inference.nuts", "NUTSConfig"), "quadrature": ("inference.quadrature", "QuadratureConfig")}
-
-
 def _method_configs() -> dict:
-    """name -> the inference method's own frozen config dataclass, for every method whose module
-    exists (its import errors are not hidden)."""
-    out = {}
-    for name, (module, cls) in METHOD_MODULES.items():
-        full = f"{__package__}.{module}"
-        if importlib.util.find_spec(full) is not None:
-            out[name] = getattr(importlib.import_module(full), cls)
-    return out
+    """name -> the inference method's own frozen config dataclass, for every method of the one
+    registry :data:`noisydot_sbc.inference.METHOD_CLASSES` (its import errors are not hidden)."""
+    from .inference import METHOD_CLASSES, method_classes
+
+    return {name: method_classes(name)[1] for name in METHOD_CLASSES}
 
 
 METHOD_CONFIGS = _method_configs()

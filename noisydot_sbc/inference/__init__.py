@@ -48,17 +48,25 @@ class InferenceMethod(Protocol):
 
 from .nuts import NUTS, NUTSConfig, fit_batch  # noqa: E402  (nuts imports Posterior from here lazily)
 
-METHODS = ("nuts", "quadrature")
+#: The one registry of inference methods: ``sampler=<name>`` -> (module, method class, config class).
+#: The Hydra schema of ``sampler=<name>`` (config.py), get_method and the CLI all read it; adding a
+#: method is its module, one line here and ``conf/sampler/<name>.yaml``.
+METHOD_CLASSES = {
+    "nuts": ("noisydot_sbc.inference.nuts", "NUTS", "NUTSConfig"),
+    "quadrature": ("noisydot_sbc.inference.quadrature", "Quadrature", "QuadratureConfig"),
+}
+METHODS = tuple(METHOD_CLASSES)
 
 
-def _method_class(name: str):
-    if name == "nuts":
-        return NUTS, NUTSConfig
-    if name == "quadrature":
-        from .quadrature import Quadrature, QuadratureConfig
+def method_classes(name: str):
+    """(method class, config class) of the method registered as ``name`` (imported on first use)."""
+    import importlib
 
-        return Quadrature, QuadratureConfig
-    raise ValueError(f"sampler name must be one of {METHODS}, got {name!r}")
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"sampler name must be one of {METHODS}, got {name!r}")
+    module, method, config = METHOD_CLASSES[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, method), getattr(mod, config)
 
 
 def get_method(sampler_cfg, **options) -> InferenceMethod:
@@ -83,7 +91,7 @@ def get_method(sampler_cfg, **options) -> InferenceMethod:
     name = fields.get("name")
     if not isinstance(name, str):
         raise ValueError(f"sampler_cfg.name must be one of {METHODS}, got {name!r}")
-    cls, config_cls = _method_class(name)
+    cls, config_cls = method_classes(name)
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
