@@ -106,6 +106,43 @@ def test_failed_replicate_is_recorded_and_the_run_completes(tmp_path, monkeypatc
     json.dumps(summary)  # the headline figures are plain data
 
 
+def test_reference_to_the_exact_posterior(tmp_path, monkeypatch):
+    """sbc.reference=exact on a tiny gaussian NUTS run: per replicate the discrepancy of the fit to the
+    quadrature posterior of the exact model. At these small noise levels the Gaussian approximation
+    is close to exact, so what is left is the Monte Carlo error of 100 draws: W1 well below the
+    posterior's log-scale sd, sd ratio near 1, median shift a fraction of an sd. A replicate with NaN
+    data fails and its discrepancies stay NaN."""
+    real = simulate.simulate_replicates
+
+    def corrupt(root_key, ids, *a, **k):
+        data, truth = real(root_key, ids, *a, **k)
+        data["y"] = data["y"].at[np.flatnonzero(np.asarray(ids) == 1)].set(np.nan)
+        return data, truth
+
+    monkeypatch.setattr(simulate, "simulate_replicates", corrupt)
+    cfg = _cfg(tmp_path, ["model=gaussian", *TINY, "sbc.num_replicates=4", "sbc.reference=exact"])
+    tasks.run(cfg)
+    ds = results.load_dataset(tmp_path / "results.nc")
+    failed = ds["failed"].values.astype(bool)
+    assert failed.tolist() == [False, True, False, False]
+    for v in ("ref_w1_log", "ref_kl_log", "ref_median_shift", "ref_sd_ratio"):
+        assert ds[v].dims == ("replicate", "parameter"), v
+        assert np.isnan(ds[v].values[1]).all() and np.isfinite(ds[v].values[~failed]).all(), v
+    assert ds["ref_certified"].values.tolist() == [True, False, True, True]
+    ok = ds.sel(replicate=~failed)
+    assert (ok["ref_w1_log"].values < 0.15).all() and (ok["ref_w1_log"].values > 0).all()
+    assert np.all(np.abs(ok["ref_sd_ratio"].values - 1) < 0.35)
+    assert np.all(np.abs(ok["ref_median_shift"].values) < 0.5)
+    assert np.all((ok["ref_kl_log"].values >= 0) & (ok["ref_kl_log"].values < 0.2))
+    # the fits are the pinned ones (the reference changes nothing upstream)
+    from test_ranks_pinned import PINNED
+
+    np.testing.assert_array_equal(ds["rank"].values[~failed], np.array(PINNED["gaussian"]["rank"])[~failed])
+    assert (tmp_path / "reference.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="sbc.reference"):
+        tasks.run(_cfg(tmp_path / "bad", ["model=gaussian", *TINY, "sbc.reference=nuts"]))
+
+
 def test_quantities_come_from_the_config(tmp_path):
     cfg = _cfg(tmp_path, ["model=gaussian", *TINY, "sbc.num_replicates=4", "sbc.quantities=[w_over_x,x_noise_lvl]"])
     tasks.run(cfg)

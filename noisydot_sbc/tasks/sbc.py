@@ -15,8 +15,10 @@ far:
    at the truth and at the kept draws; a non-finite value marks the replicate failed;
 4. :func:`rank_statistics` (ranks, posterior mean/sd, z-score, contraction: :mod:`noisydot_sbc.sbc`),
    :func:`fit_diagnostics` (what the method declares: :mod:`noisydot_sbc.diagnostics`),
-   :func:`degeneracy` (:mod:`noisydot_sbc.identifiability`), and with ``sbc.fisher_sims > 0``
-   :func:`fisher_information`: each returns Dataset variables;
+   :func:`degeneracy` (:mod:`noisydot_sbc.identifiability`), with ``sbc.fisher_sims > 0``
+   :func:`fisher_information`, and with ``sbc.reference=exact`` :func:`reference` (the
+   discrepancy of each fit to the quadrature posterior of the exact model): each returns Dataset
+   variables;
 5. :func:`chunk_dataset`: the chunk's Dataset (:func:`noisydot_sbc.results.build_sbc_dataset`).
 
 A failed replicate never stops the run: it stays in ``results.nc`` with ``failed`` and ``error``,
@@ -51,6 +53,7 @@ class Setup(NamedTuple):
     design: object  # the design config (simulate.simulate_replicates reads it)
     fisher_sims: int
     attrs: dict  # Dataset attributes of every chunk
+    reference: object = None  # models.Model whose quadrature posterior is the reference (sbc.reference=exact)
 
 
 class Chunk(NamedTuple):
@@ -75,6 +78,15 @@ def make_setup(cfg) -> Setup:
     prior = common.load_prior(cfg)
     model = common.load_model(cfg, prior, cfg.design.y_noise)
     method = common.inference_method(cfg)
+    exact = None
+    if str(cfg.sbc.get("reference", "none")) == "exact":
+        from ..inference.quadrature import check_quadrature_model
+
+        exact = _exact_model(cfg, prior)
+        try:
+            check_quadrature_model(exact)
+        except ValueError as err:
+            raise ValueError(f"sbc.reference=exact needs the exact model's quadrature posterior: {err}") from None
     return Setup(
         model=model, prior=prior, method=method,
         quantities=get_quantities(cfg.sbc.quantities),
@@ -84,7 +96,15 @@ def make_setup(cfg) -> Setup:
         fisher_sims=int(cfg.sbc.fisher_sims),
         attrs={"num_ranks": int(cfg.sbc.num_ranks), "config_yaml": common.config_yaml(cfg), "seed": int(cfg.seed),
                "model": str(cfg.model.name), "prior": str(prior.name)},
+        reference=exact,
     )
+
+
+def _exact_model(cfg, prior):
+    from ..models import build_model
+
+    return build_model("marginal", prior=prior, y_noise=float(cfg.design.y_noise),
+                       shared_w_noise=bool(cfg.design.shared_w_noise))
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -100,6 +120,8 @@ def sbc_chunk(setup: Setup, index: int, replicate_ids, progress=None):
     arrays.update(degeneracy(setup, chunk))
     if setup.fisher_sims > 0:
         arrays.update(fisher_information(setup, chunk))
+    if setup.reference is not None:
+        arrays.update(reference(setup, chunk))
     return chunk_dataset(setup, chunk, arrays, descriptions)
 
 
@@ -280,6 +302,40 @@ def fisher_information(setup: Setup, chunk: Chunk) -> dict:
         weak[i] = np.asarray(res.ridge_direction, dtype=float)
     return {"fisher_condition_number": (("replicate",), cond),
             "fisher_weakest_direction": (("replicate", "parameter"), weak)}
+
+
+def reference(setup: Setup, chunk: Chunk) -> dict:
+    """Discrepancy of each fitted posterior (all its draws) to the exact one: the quadrature
+    posterior (:func:`noisydot_sbc.inference.quadrature.integrate`) of the exact (marginal) model
+    for the same replicate's data (:func:`noisydot_sbc.inference.reference.reference_discrepancy`:
+    W1 and KL on the log scale, median shift in exact-posterior sds, sd ratio), dims (replicate,
+    parameter); ``ref_certified``: the reference met its error tolerance. Failed replicates (and
+    those whose reference failed) stay NaN, and their reference is not computed."""
+    import jax
+
+    from ..inference.quadrature import QuadratureConfig, integrate
+    from ..inference.reference import METRICS, reference_discrepancy
+
+    failed = chunk.failures.failed
+    S, P = len(failed), len(PARAMS)
+    out = {f"ref_{m}": np.full((S, P), np.nan) for m in METRICS}
+    certified = np.zeros(S, bool)
+    ok = np.flatnonzero(~failed)
+    if ok.size:
+        key = jax.random.fold_in(jax.random.fold_in(setup.root_key, 2**30 + 3), chunk.index)
+        data = {k: np.asarray(chunk.data[k], dtype=np.float64)[ok] for k in ("x", "w", "y")}
+        exact = integrate(key, setup.reference, data, QuadratureConfig(num_draws=1))
+        draws = {p: np.asarray(chunk.posterior.samples[p])[ok] for p in PARAMS}
+        disc = reference_discrepancy(draws, exact)
+        for m in METRICS:
+            out[f"ref_{m}"][ok] = getattr(disc, m)
+        certified[ok] = np.asarray(exact.certified, bool) & ~np.asarray(exact.failed, bool)
+        if exact.failed.any():
+            log.warning("exact reference failed for %d replicate(s) of chunk %d (their ref_* are NaN): %s",
+                        int(exact.failed.sum()), chunk.index, sorted({e for e in exact.error if e}))
+    arrays = {k: (("replicate", "parameter"), v) for k, v in out.items()}
+    arrays["ref_certified"] = (("replicate",), certified)
+    return arrays
 
 
 def chunk_dataset(setup: Setup, chunk: Chunk, arrays: dict, descriptions: dict | None = None):
