@@ -189,7 +189,13 @@ def test_study_cells_run_what_their_names_say(study_runs):
         assert cfg.study.cell == f"{model}-{inference}-{prior}"
         assert cfg.task.name == "sbc" and cfg.progress is False
         n = cfg.sbc.num_replicates
-        assert n == 1000 if (inference == "quadrature" or model == "gaussian") else n >= 100, (c, n)
+        expected = 200 if prior == "naive" else 300 if (inference == "quadrature" or model == "gaussian") else 100
+        assert n == expected, (c, n)
+        assert cfg.sbc.num_ranks == 99
+        # every NUTS fit of a cell is compared with the exact posterior (not the naive control)
+        assert cfg.sbc.reference == ("exact" if inference == "nuts" and prior != "naive" else "none"), c
+        if inference == "nuts":
+            assert (cfg.sampler.target_ess, cfg.sampler.num_samples) == (100, 200), c
     assert [c for c in cells if c.endswith("_naive")] == ["gaussian_nuts_naive"]
     assert {c.split("_")[0] for c in cells} == {"latent", "marginal", "gaussian"}
     assert set(EXACT_NUTS) <= set(cells) and {"marginal_quadrature_strong", "gaussian_quadrature_weak"} <= set(cells)
@@ -208,7 +214,7 @@ def test_study_designs(study_runs):
     assert len(degenerate) == 1 and degenerate[0].x_spread == 0.0
     for name in designs:
         latent = runs[("latent_nuts_strong", name)].design
-        assert latent.n_obs == 100 and latent.n_inputs == d[name].n_inputs and latent.y_noise == d[name].y_noise
+        assert latent.n_obs == 50 and latent.n_inputs == d[name].n_inputs and latent.y_noise == d[name].y_noise
 
 
 def test_study_run_folders_are_readable_and_distinct(study_runs):
@@ -217,17 +223,21 @@ def test_study_run_folders_are_readable_and_distinct(study_runs):
 
     names = {k: OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["subdir"] for k, cfg in runs.items()}
     assert len(set(names.values())) == len(names)
-    assert names[("latent_nuts_weak", "study_m1")] == "latent-nuts-weak-study_m1-N100-seed0"
+    assert names[("latent_nuts_weak", "study_m1")] == "latent-nuts-weak-study_m1-N50-seed0"
     assert names[("marginal_quadrature_strong", "study_degenerate")] == "marginal-quadrature-strong-study_degenerate-N200-seed0"
     for (c, d), cfg in runs.items():
         assert {"study_cell", "design", "experiment"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)
 
 
 def test_study_leaves_out_only_what_a_cell_names(study_runs):
-    """marginal NUTS under the weak prior leaves out M = 1 (minutes per fit), with its reason; nothing else is left out."""
-    _, _, _, runs = study_runs
+    """Exact-NUTS jobs over the 2-core budget are left out with their reason (marginal NUTS at M = 1
+    and under the weak prior; latent under the weak prior and on readout/degenerate); nothing else."""
+    _, _, designs, runs = study_runs
     out = {k for k, cfg in runs.items() if config.left_out(cfg) is not None}
-    assert out == {("marginal_nuts_weak", "study_m1")}
+    expected = ({("marginal_nuts_weak", d) for d in designs} | {("latent_nuts_weak", d) for d in designs}
+                | {("marginal_nuts_strong", "study_m1"), ("latent_nuts_strong", "study_m8_readout"),
+                   ("latent_nuts_strong", "study_degenerate")})
+    assert out == expected
     msg = config.left_out(runs[("marginal_nuts_weak", "study_m1")])
     assert "marginal-nuts-weak" in msg and "study_m1" in msg and "quadrature" in msg
     assert config.left_out(compose([])) is None
@@ -243,7 +253,7 @@ def test_left_out_run_writes_its_reason_and_fits_nothing(tmp_path):
                           env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "left out" in proc.stderr
-    assert "minutes per fit" in (run_dir / "left_out.txt").read_text()
+    assert "per fit" in (run_dir / "left_out.txt").read_text()
     assert not (run_dir / "chunks").exists() and not (run_dir / "results.nc").exists()
 
 
