@@ -624,9 +624,6 @@ class _Stage(NamedTuple):
     """Phase 1 (the fast pass) for every observation, plus what the robust tiers start from."""
 
     delta: jax.Array       # (N,) y - E[y]
-    s_hat: jax.Array       # (N,) saddlepoint (fast-path Newton iterate)
-    sd: jax.Array          # (N,) √K''(ŝ)
-    branch_ok: jax.Array   # (N,) bool: the grouped-log branch check of the fast pass holds
     logp: jax.Array        # (N,) fast-pass log density
     err: jax.Array         # (N,) its error estimate
     ok: jax.Array          # (N,) bool: certified by the fast pass
@@ -657,7 +654,7 @@ def _fast_stage(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple = ()) -> _Stage
         main, jac = _fast_pass(delta, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g, dparams)
     else:
         main, jac = _fast_pass(delta, s_hat, k0, sd, c2, mu, v, sy * sy, opts.h, opts.n_nodes, g), None
-    main = _distrust(main, branch_ok)
+    main = _distrust(main, branch_ok & _line_ok(delta, s_hat, c2, mu, v, sy * sy))
     ok = (main.err_disc < tol["disc"]) & (main.err_tail < tol["tail"])
     # the data's own rounding: δ = y - E[y] is known to about ρ = eps (|y| + Σ_i |x_i w_i|), and
     # d log p / dy = -ŝ, so log p is uncertain by |ŝ| ρ + ρ² / (2 K''): negligible unless the
@@ -666,7 +663,20 @@ def _fast_stage(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple = ()) -> _Stage
     extra = lax.stop_gradient(jnp.abs(s_hat) * rho + 0.5 * rho * rho / k2)
     if m == 1:   # y = 0 exactly without readout noise: the true density is infinite (log singularity)
         extra = jnp.where((y == 0) & (sy == 0), jnp.inf, extra)
-    return _Stage(delta, s_hat, sd, branch_ok, main.logp, _error_estimate(main, eps), ok, extra, jac)
+    return _Stage(delta, main.logp, _error_estimate(main, eps), ok, extra, jac)
+
+
+_MAX_LINE_RESIDUAL = 1.0   # |K'(ŝ) - y| / √K''(ŝ) above which a vertical-line pass is not trusted
+
+
+def _line_ok(delta, s_hat, c2, mu, v, y2):
+    """The inversion line passes (near) the saddlepoint: |K'(ŝ) - y| / √K''(ŝ) < 1. Off it the
+    integrand oscillates at that standardised frequency on top of the peak exp(K(ŝ) - ŝ y), which
+    then exceeds the density by exp(residual²/2) or (near the edge of the strip, where a few Newton
+    steps can stall) by hundreds of nats; the nodes alias the oscillation and both step sizes can
+    agree on a wrong value (seen: log p = 2304 certified at 8e-16 where the density is e^-17)."""
+    _, k1, k2 = _cgf_derivs(s_hat, c2, mu, v, y2, with_value=False)
+    return jnp.abs(k1 - delta) < _MAX_LINE_RESIDUAL * jnp.sqrt(k2)
 
 
 def _branch_ok(c2, s_hat, g):
@@ -694,9 +704,9 @@ def _tier_names(m):
     return ("medium", "tilted", "polar", "vertical") if m == 2 else ("medium", "tilted", "vertical")
 
 
-def _tier_pass(tier, opts: _Opts, sx, sw, sy, y, delta, x, w, s_hat, sd, branch_ok) -> InversionResult:
-    """One robust tier on R observations y, δ (R,), x (R, M) of one weight vector w (M,), starting
-    from the fast stage's ŝ, √K'' and branch check (R,). Differentiable in (σ_x, σ_w, σ_y).
+def _tier_pass(tier, opts: _Opts, sx, sw, sy, y, delta, x, w) -> InversionResult:
+    """One robust tier on R observations y, δ = y - E[y] (R,), x (R, M) of one weight vector w (M,).
+    Differentiable in (σ_x, σ_w, σ_y). The inversion-line tiers solve for their own saddlepoint.
 
     medium:   the fast pass again with half the step and four times the range (8x the nodes);
     tilted:   inversion along the bent contour with a sinh map (the t^-M tail, M >= 2);
@@ -711,22 +721,27 @@ def _tier_pass(tier, opts: _Opts, sx, sw, sy, y, delta, x, w, s_hat, sd, branch_
         return _direct_m1_pass(y, x[:, 0], w[0], sx, sw, y2, opts.fallback_nodes)
     if tier == "polar":
         return _polar_m2_pass(y, x, w, sx, sw, y2, opts.polar_nodes)
+    if tier not in ("medium", "tilted", "vertical"):
+        raise ValueError(f"unknown tier {tier!r}")
     c2, mu, v = _term_params(x, w, sx, sw)
-    if tier == "tilted":
-        # the line must pass through the saddlepoint itself here (the bend assumes it): near the
-        # edge of the strip the fast path's few Newton steps leave K'(ŝ) - y large, so refine
-        # (from constant inputs, so ŝ and K''(ŝ) are constants under differentiation)
-        ss, k2s = _saddlepoint_from_terms(*lax.stop_gradient((delta, c2, mu, v, y2)), 4 * opts.n_iter + 16,
-                                          return_k2=True, rolled=True)
-        k0, _, _ = _cgf_derivs(ss, c2, mu, v, y2)
-        return _tilted_pass(y, delta, ss, k0, jnp.sqrt(k2s), c2, mu, v, y2, opts.tilted_h, opts.tilted_range)
+    # the line must pass through the saddlepoint itself (the bend assumes it, and a vertical line
+    # off it aliases an oscillation, see _line_ok): near the edge of the strip the fast path's few
+    # Newton steps can stall, so refine (from constant inputs, so ŝ and K''(ŝ) are constants under
+    # differentiation), and trust the pass only if the refined line is on the saddlepoint
+    consts = lax.stop_gradient((delta, c2, mu, v, y2))
+    s_hat, k2s = _saddlepoint_from_terms(*consts, 4 * opts.n_iter + 16, return_k2=True, rolled=True)
+    s_hat = lax.stop_gradient(s_hat)
+    sd = lax.stop_gradient(jnp.sqrt(k2s))
+    on_line = _line_ok(consts[0], s_hat, *consts[1:])
     k0, _, _ = _cgf_derivs(s_hat, c2, mu, v, y2)
-    if tier == "medium":
+    if tier == "tilted":
+        res = _tilted_pass(y, delta, s_hat, k0, sd, c2, mu, v, y2, opts.tilted_h, opts.tilted_range)
+    elif tier == "medium":
         res = _fast_pass(delta, s_hat, k0, sd, c2, mu, v, y2, 0.5 * opts.h, 8 * (opts.n_nodes - 1) + 1, g)
-        return _distrust(res, branch_ok)
-    if tier == "vertical":
-        return _fourier_pass(delta, s_hat, k0, sd * sd, c2, mu, v, y2, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
-    raise ValueError(f"unknown tier {tier!r}")
+        on_line = on_line & _branch_ok(lax.stop_gradient(c2), s_hat, g)
+    else:
+        res = _fourier_pass(delta, s_hat, k0, sd * sd, c2, mu, v, y2, 0.5 * opts.h, 32 * (opts.n_nodes - 1) + 1)
+    return _distrust(res, on_line)
 
 
 def _certified(res: InversionResult, tol):
@@ -766,8 +781,7 @@ def _exact_impl(sx, sw, sy, y, x, w, opts: _Opts, jac_wrt: tuple):
         certify (when ``checked``) are flagged in state[5] for the next tier."""
 
         def fn(th, idx):
-            res = _tier_pass(name, opts, *th, y[idx], st.delta[idx], x[idx], w, st.s_hat[idx], st.sd[idx],
-                             st.branch_ok[idx])
+            res = _tier_pass(name, opts, *th, y[idx], st.delta[idx], x[idx], w)
             return res.logp, res
 
         def body(stt):
@@ -909,20 +923,19 @@ def _grid_fast(y, x, w, sx, sw, sy, opts, with_grad):
     def one(y1, x1, w1, sx1, sw1):
         st = _fast_stage(sx1, sw1, sy, y1, x1, w1, opts, (0, 1) if with_grad else ())
         jac = st.jac if with_grad else jnp.zeros(y1.shape + (0,), y1.dtype)
-        return st.logp, st.err, st.ok, st.extra, st.delta, st.s_hat, st.sd, st.branch_ok, jac
+        return st.logp, st.err, st.ok, st.extra, st.delta, jac
 
     return jax.vmap(one)(y, x, w, sx, sw)
 
 
 @partial(jax.jit, static_argnames=("tier", "opts", "with_grad"))
-def _grid_tier(y, delta, x, w, sx, sw, sy, s_hat, sd, branch_ok, tier, opts, with_grad):
+def _grid_tier(y, delta, x, w, sx, sw, sy, tier, opts, with_grad):
     """Phase 2: one robust tier on a bucket of B independent (replicate, point, observation) triples:
-    y, δ, σ_x, σ_w, ŝ, √K'', branch check (B,), x and w (B, M)."""
+    y, δ, σ_x, σ_w (B,), x and w (B, M)."""
 
-    def one(y1, d1, x1, w1, sx1, sw1, s1, sd1, b1):
+    def one(y1, d1, x1, w1, sx1, sw1):
         def f(th):
-            res = _tier_pass(tier, opts, th[0], th[1], sy, y1[None], d1[None], x1[None], w1, s1[None], sd1[None],
-                             b1[None])
+            res = _tier_pass(tier, opts, th[0], th[1], sy, y1[None], d1[None], x1[None], w1)
             return res.logp[0], res
         if with_grad:
             jac, res = jax.jacfwd(f, has_aux=True)((sx1, sw1))
@@ -932,7 +945,7 @@ def _grid_tier(y, delta, x, w, sx, sw, sy, s_hat, sd, branch_ok, tier, opts, wit
             jac = jnp.zeros((0,), y1.dtype)
         return res.logp[0], res.err_disc[0], res.err_tail[0], jac
 
-    return jax.vmap(one)(y, delta, x, w, sx, sw, s_hat, sd, branch_ok)
+    return jax.vmap(one)(y, delta, x, w, sx, sw)
 
 
 def _pad_to(a, size):
@@ -1009,7 +1022,7 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
         args = [_pad_to(a, pb) for a in (y[r], x[r], w[r], sx_p[sl], sw_p[sl])]
         res = _grid_fast(*args, sy, opts=opts, with_grad=bool(with_grad))
         outs.append([np.asarray(a)[: sl.stop - sl.start] for a in res])
-    logp, err, ok, extra, delta, s_hat, sd, branch_ok, jac = (np.concatenate(c, axis=0) for c in zip(*outs))
+    logp, err, ok, extra, delta, jac = (np.concatenate(c, axis=0) for c in zip(*outs))
     logp, err, jac = logp.copy(), err.copy(), jac.copy()
 
     # ---- phase 2: the uncertified triples, tier by tier, in fixed-size buckets -----------------
@@ -1025,9 +1038,8 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
             r = rep[p_i]
             args = [_pad_to(a, int(bucket)) for a in (y[r, n_i], delta[p_i, n_i], x[r, n_i], w[r], sx_p[p_i],
                                                      sw_p[p_i])]
-            rest = [_pad_to(a, int(bucket)) for a in (s_hat[p_i, n_i], sd[p_i, n_i], branch_ok[p_i, n_i])]
             lp_r, ed, et, jac_r = (np.asarray(a)[: p_i.size] for a in _grid_tier(
-                *args, sy, *rest, tier=tier, opts=opts, with_grad=bool(with_grad)))
+                *args, sy, tier=tier, opts=opts, with_grad=bool(with_grad)))
             e_r = np.maximum(np.maximum(ed, et), eps)
             better = e_r <= err[p_i, n_i]
             logp[p_i[better], n_i[better]] = lp_r[better]
