@@ -24,18 +24,6 @@ from noisydot_sbc import config  # noqa: E402  (registers the config schemas bef
 from noisydot_sbc.results import RunLocked  # noqa: E402
 
 
-def _tasks_run():
-    import importlib
-    import importlib.util
-
-    # noisydot_sbc.tasks replaces noisydot_sbc.pipeline; the latter until it is removed
-    if importlib.util.find_spec("noisydot_sbc.tasks"):
-        tasks = importlib.import_module("noisydot_sbc.tasks")
-        if hasattr(tasks, "run"):
-            return tasks.run
-    return importlib.import_module("noisydot_sbc.pipeline").run
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
     try:
@@ -52,7 +40,7 @@ def main(cfg: DictConfig):
         (out / "left_out.txt").write_text(reason + "\n")
         print(f"left out: {reason}", file=sys.stderr)
         return {"left_out": reason}
-    run = _tasks_run()
+    run = __import__("noisydot_sbc.tasks", fromlist=["run"]).run
     try:
         return run(cfg)
     except (ValueError, RunLocked) as err:

@@ -63,7 +63,7 @@ def gaussian_model(x, w, y=None, *, prior: Prior = STRONG, y_noise=0.0, shared_w
         numpyro.sample("obs", dist.Normal(mean, jnp.sqrt(var)), obs=y)
 
 
-PARAMS = ("x_noise_lvl", "w_noise_lvl")  # the parameters every model infers (the site names)
+from .priors import PARAMS  # noqa: E402  the parameters every model infers (the site names), defined once
 
 MODELS = {"latent": latent_model, "marginal": marginal_model, "gaussian": gaussian_model}
 

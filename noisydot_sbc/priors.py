@@ -19,7 +19,7 @@ import jax
 import numpyro
 import numpyro.distributions as dist
 
-PARAMS = ("x_noise_lvl", "w_noise_lvl")  # == models.PARAMS; kept for identifiability (models imports this module)
+PARAMS = ("x_noise_lvl", "w_noise_lvl")  # the two inferred parameters (site names); models re-exports it
 
 
 FAMILIES = ("lognormal", "normal", "halfnormal")  # the prior families ScalePrior.distribution knows

@@ -50,7 +50,6 @@ def simulate_y_unchecked(key, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, share
     return jnp.sum(x_tilde * w_tilde, axis=-1) + y_noise * v
 
 
-_simulate_y = simulate_y_unchecked  # old private name, kept until its importers move to the public one
 
 
 class Design(NamedTuple):
