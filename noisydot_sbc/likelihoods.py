@@ -4,6 +4,7 @@ Conventions: x (N, M), w (M,), y (N,), noise levels scalars (broadcastable).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -871,8 +872,9 @@ def noisydot_logpdf_with_error(
     sx = jnp.asarray(x_noise_lvl, dtype)
     sw = jnp.asarray(w_noise_lvl, dtype)
     sy = jnp.asarray(y_noise, dtype)
-    opts = _Opts(float(h), int(n_nodes), int(n_iter), int(group), int(fallback_nodes), int(fallback_batch),
-                 int(polar_nodes), float(tilted_h), float(tilted_range))
+    opts = _opts_from(dict(h=h, n_nodes=n_nodes, n_iter=n_iter, group=group, fallback_nodes=fallback_nodes,
+                           fallback_batch=fallback_batch, polar_nodes=polar_nodes, tilted_h=tilted_h,
+                           tilted_range=tilted_range))
     logp, err, fb = _exact_jit(sx, sw, sy, y, x, w, opts)
     return LogpdfResult(logp, err, fb > 0.5)
 
@@ -905,8 +907,9 @@ class GridResult(NamedTuple):
 
 
 def _opts_from(kwargs) -> _Opts:
-    d = dict(h=0.6, n_nodes=13, n_iter=6, group=8, fallback_nodes=512, fallback_batch=16, polar_nodes=128,
-             tilted_h=0.05, tilted_range=28.0)
+    """Quadrature options (the defaults are those of :func:`noisydot_logpdf_with_error`)."""
+    d = {k: p.default for k, p in inspect.signature(noisydot_logpdf_with_error).parameters.items()
+         if p.kind is inspect.Parameter.KEYWORD_ONLY}
     unknown = set(kwargs) - set(d)
     if unknown:
         raise ValueError(f"unknown quadrature option(s) {sorted(unknown)}; known: {sorted(d)}")
