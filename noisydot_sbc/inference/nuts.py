@@ -118,15 +118,13 @@ class NUTSConfig:
 
     @property
     def num_draws(self) -> int:
-        """Draws kept per chain after thinning."""
-        return -(-self.num_samples // self.thinning)
+        """Draws kept per chain after thinning (the driver's :class:`Schedule` computes it)."""
+        return _schedule(self).num_draws
 
     @property
     def sample_cap(self) -> int:
         """Most post-warm-up iterations per chain (``max_samples``, or ``num_samples`` without ``target_ess``)."""
-        if self.target_ess is None:
-            return self.num_samples
-        return self.max_samples if self.max_samples is not None else 10 * self.num_samples
+        return _schedule(self).sample_cap
 
     def _replace(self, **changes) -> "NUTSConfig":
         """``dataclasses.replace`` under the NamedTuple name older callers use."""
