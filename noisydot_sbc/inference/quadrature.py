@@ -275,6 +275,9 @@ class _Evaluator:
     def __init__(self, model, data, use_grid=True):
         self.model = model
         self.y, self.x, self.w = data["y"], data["x"], data["w"]
+        # host copies for the grid path: loglik_grid works on NumPy arrays, and gathering the
+        # replicates' rows from device arrays costs one dispatched gather per call
+        self.host = {k: np.asarray(data[k]) for k in ("y", "x", "w")}
         self.compile_time = 0.0
         self.grid = None
         if model.name == "marginal" and use_grid:
@@ -304,7 +307,8 @@ class _Evaluator:
         zc = np.clip(z, -700.0, 700.0)  # finite, positive noise levels (no mass out there anyway)
         sx, sw = np.exp(zc[..., 0]), np.exp(zc[..., 1])
         if self.grid is not None:
-            res = self.grid(self.y[rep_idx], self.x[rep_idx], self.w[rep_idx], sx, sw, float(self.model.y_noise))
+            h = self.host
+            res = self.grid(h["y"][rep_idx], h["x"][rep_idx], h["w"][rep_idx], sx, sw, float(self.model.y_noise))
             return np.asarray(res.loglik, np.float64), np.asarray(res.err, np.float64)
         rows = np.repeat(np.asarray(rep_idx), K)
         n = rows.size
@@ -512,30 +516,30 @@ _EIGHT = np.ones((1, 3, 3), bool)
 
 
 def _evaluate(ev, rep_idx, lat, pending, frames, prior_lp, n_eval):
-    """Evaluate the pending nodes (B, G, G) (one likelihood call for the whole batch)."""
+    """Evaluate the pending nodes (B, G, G) (one likelihood call for the whole batch). The
+    (replicate, node) pairs go to the likelihood as a flat list (one point per row), so replicates
+    with fewer pending nodes than others cost no padded evaluations."""
     rows = np.nonzero(pending.reshape(pending.shape[0], -1).any(1))[0]
     if rows.size == 0:
         return
-    counts = pending[rows].reshape(rows.size, -1).sum(1)
-    K = int(counts.max())
-    z = np.zeros((rows.size, K, 2))
-    where = []
-    for r_, b in enumerate(rows):
+    where, zs = [], []
+    for b in rows:
         i, j = np.nonzero(pending[b])
-        zz = frames[b].z(lat.v(i, j))
-        z[r_, : i.size] = zz
-        z[r_, i.size:] = zz[:1]
+        zs.append(frames[b].z(lat.v(i, j)))
         where.append((i, j))
-    ll, err = ev(rep_idx[rows], z)
-    lp = ll + prior_lp(z)
+    counts = np.array([i.size for i, _ in where])
+    z = np.concatenate(zs)[:, None, :]  # (n, 1, 2)
+    ll, err = ev(np.repeat(rep_idx[rows], counts), z)
+    lp = (ll + prior_lp(z))[:, 0]
+    err = err[:, 0]
+    ends = np.cumsum(counts)
     for r_, b in enumerate(rows):
         i, j = where[r_]
-        k = i.size
-        v = lp[r_, :k]
-        v = np.where(np.isfinite(v), v, -np.inf)  # a NaN likelihood is no mass, never a silent NaN downstream
+        sl = slice(ends[r_] - counts[r_], ends[r_])
+        v = np.where(np.isfinite(lp[sl]), lp[sl], -np.inf)  # a NaN likelihood is no mass, never a silent NaN downstream
         lat.val[b, i, j] = v
-        lat.err[b, i, j] = np.where(np.isfinite(err[r_, :k]), err[r_, :k], np.inf)
-        n_eval[b] += k
+        lat.err[b, i, j] = np.where(np.isfinite(err[sl]), err[sl], np.inf)
+        n_eval[b] += counts[r_]
 
 
 def _walk(ev, rep_idx, lat, frames, prior_lp, D, max_nodes, n_eval, first):
