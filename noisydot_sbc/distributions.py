@@ -56,6 +56,7 @@ def _row_logpdf(y, x, w, sx, sw, sy):
 
 
 _rows_jit = jax.jit(jax.vmap(_row_logpdf))
+_MAX_ROWS = 256
 
 
 def _logpdf_rows(y, x, w, sx, sw, sy):
@@ -71,9 +72,14 @@ def _logpdf_rows(y, x, w, sx, sw, sy):
     args = (y, x, w, sx, sw, sy)
     if any(isinstance(a, jax.core.Tracer) for a in args):
         return jax.vmap(_row_logpdf)(*args)
-    size = 1 << (r - 1).bit_length()
-    padded = [jnp.concatenate([a, jnp.broadcast_to(a[:1], (size - r,) + a.shape[1:])]) for a in args]
-    return tuple(o[:r] for o in _rows_jit(*padded))
+    size = min(1 << (r - 1).bit_length(), _MAX_ROWS)
+    outs = []
+    for start in range(0, r, size):      # bounded memory: at most _MAX_ROWS rows per compiled call
+        part = [a[start:start + size] for a in args]
+        k = part[0].shape[0]
+        padded = [jnp.concatenate([a, jnp.broadcast_to(a[:1], (size - k,) + a.shape[1:])]) for a in part]
+        outs.append([o[:k] for o in _rows_jit(*padded)])
+    return tuple(jnp.concatenate(c) for c in zip(*outs))
 
 
 class NoisyDot(Distribution):
