@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -53,19 +52,7 @@ from noisydot_sbc.simulate import make_design, simulate_y  # noqa: E402
 PROBS = (0.05, 0.5, 0.95)
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu,
-            "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()), "jax": jax.__version__,
-            "numpyro": numpyro.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "x64": bool(jax.config.jax_enable_x64)}
+from machine_info import machine  # noqa: E402  (benchmarks/machine_info.py, beside this script)
 
 
 def replicates(prior, S, N, M, seed, degenerate=False):

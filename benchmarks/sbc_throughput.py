@@ -22,7 +22,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -79,28 +78,7 @@ from noisydot_sbc.priors import STRONG  # noqa: E402
 from noisydot_sbc.simulate import make_design, simulate_y  # noqa: E402
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "jax": jax.__version__,
-        "numpyro": numpyro.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "x64": bool(jax.config.jax_enable_x64),
-    }
+from machine_info import machine  # noqa: E402  (benchmarks/machine_info.py, beside this script)
 
 
 def simulate(key, S, N, M):
