@@ -420,7 +420,11 @@ def local_launcher() -> dict:
     job per core, ``hydra.launcher.n_jobs`` to change) when hydra-joblib-launcher is installed
     (``pip install -e ".[launchers]"``), else Hydra's basic launcher (one job after another). A
     defaults list cannot fall back on a missing plugin by itself, hence this node."""
-    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
+    try:  # find_spec raises, not returns None, when no hydra_plugins package is installed at all
+        joblib_installed = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    except ModuleNotFoundError:
+        joblib_installed = False
+    if joblib_installed:
         return {"defaults": ["joblib", "_self_"], "n_jobs": -1}
     return {"defaults": ["basic", "_self_"]}
 

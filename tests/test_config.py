@@ -261,7 +261,10 @@ def test_study_launcher_falls_back_to_basic(monkeypatch):
     """hydra/launcher=local: joblib when its plugin is installed, else Hydra's basic launcher."""
     import importlib.util
 
-    installed = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    try:  # without any Hydra plugin installed the parent package is missing and find_spec raises
+        installed = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    except ModuleNotFoundError:
+        installed = False
     assert config.local_launcher()["defaults"][0] == ("joblib" if installed else "basic")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
