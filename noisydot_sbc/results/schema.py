@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._validation import as_array, atomic_write
-from .diagnostics import DERIVED
+from .._validation import as_array, atomic_write
+from ..diagnostics import DERIVED
 
 __all__ = [
     "SCHEMA",
@@ -659,7 +659,7 @@ def summarize_run(ds) -> dict:
     (median log-scale contraction); ``divergent_fraction`` (fits with any divergent transition;
     NaN when the inference method declares no divergences); ``seconds_per_fit`` (mean wall-time
     share of a non-failed fit; NaN when not stored). Failed replicates enter only ``failed``."""
-    from . import sbc
+    from .. import sbc
 
     if not isinstance(ds, xr.Dataset):
         ds = load_dataset(ds)

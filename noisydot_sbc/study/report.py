@@ -35,9 +35,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import sbc
-from .diagnostics import THRESHOLDS
-from .models import PARAMS
+from .. import sbc
+from ..diagnostics import THRESHOLDS
+from ..models import PARAMS
 
 __all__ = ["STUDY_ALPHA", "Defect", "DEFECTS", "NO_DEFECT", "holm_adjust", "DefectSampler", "detection_power",
            "control_samplers", "select_control", "cell_identity", "reference_summary", "study_table", "add_power",
@@ -260,7 +260,7 @@ def study_table(datasets, alpha: float = STUDY_ALPHA):
     Returns a :class:`pandas.DataFrame` (``df.attrs``: alpha, n_tests, per_test_level)."""
     import pandas as pd
 
-    from .results import summarize_run
+    from ..results import summarize_run
 
     if not datasets:
         raise ValueError("datasets is empty: no SBC results to summarise")
@@ -421,7 +421,7 @@ def _fisher_at_prior_median(ds, fisher_sims: int, n_designs: int, seed: int) -> 
     the prior-median noise levels: medians of condition number, CRB sd of log σ_w and utility."""
     import jax
 
-    from . import identifiability, priors, simulate
+    from .. import identifiability, priors, simulate
 
     cfg = _load_config(ds)
     d = cfg.get("design", {}) or {}
@@ -617,7 +617,7 @@ def findings(df, ident=None, control_label: str | None = None) -> list[str]:
 
 
 def _load_cells(root):
-    from .results import REQUIRED_VARS, find_runs, load_dataset
+    from ..results import REQUIRED_VARS, find_runs, load_dataset
 
     paths = find_runs(root)
     datasets, used, skipped = [], [], []
@@ -646,8 +646,8 @@ def write_study_report(root, docs_dir, alpha: float = STUDY_ALPHA, n_resamples: 
     (sentences), "paths" (written files), "control" (the power control's cell or None),
     "skipped" (files that are not SBC results)}. Runs that wrote ``left_out.txt`` instead of results
     (a cell that leaves a design out) are listed with their reason."""
-    from . import plots
-    from ._validation import atomic_write
+    from .. import plots
+    from .._validation import atomic_write
 
     datasets, paths, skipped = _load_cells(root)
     order = sorted(range(len(datasets)), key=lambda i: (
