@@ -391,6 +391,7 @@ class Config:
     progress: bool = True  # progress bar on long runs (does not change results)
     output_dir: Optional[str] = None  # outside Hydra (compose API, notebooks): the folder to write to
     host_devices: Optional[int] = None  # CPU only: split replicates over this many XLA host devices (parallel mode)
+    compilation_cache: Optional[str] = None  # folder of JAX's persistent compilation cache (jobs of a sweep share compiles)
     study: StudyConfig = field(default_factory=StudyConfig)  # the study cell (experiment=study); no effect on results
 
 

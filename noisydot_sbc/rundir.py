@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "config_fingerprint.txt"  # in <folder>/chunks/, next to the chunks it vouches for
 FINGERPRINT_CONFIG = "config_fingerprint.yaml"  # the config that was hashed (to list what differs)
-NOT_RESULTS = ("hydra", "progress", "output_dir", "study")  # top-level keys that never change results
+NOT_RESULTS = ("hydra", "progress", "output_dir", "study", "compilation_cache")  # top-level keys that never change results
 
 
 class RunFolderError(ValueError):

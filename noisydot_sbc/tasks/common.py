@@ -20,6 +20,10 @@ def configure_platform(cfg) -> None:
     if precision not in ("float64", "float32"):
         raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     jax.config.update("jax_enable_x64", precision == "float64")
+    cache = cfg.get("compilation_cache")
+    if cache:  # compiled programs persist across processes: the jobs of a sweep compile each shape once
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     host_devices = cfg.get("host_devices")
     if host_devices:
         from ..inference.driver import configure_host_devices
