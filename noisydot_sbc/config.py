@@ -252,6 +252,9 @@ class SBCConfig:
     # "exact": per replicate, the discrepancy of the fit to the quadrature posterior of the exact
     # (marginal) model for the same data (variables ref_*); "none": no reference
     reference: str = "none"
+    # > 0: the reference only for replicates 0 .. reference_replicates - 1 (its quadrature of the
+    # exact model costs more than a Gaussian fit); the others' ref_* stay NaN; 0: every replicate
+    reference_replicates: int = 0
 
     def validate(self):
         if self.reference not in ("none", "exact"):
@@ -260,6 +263,7 @@ class SBCConfig:
         _int("sbc.chunk_size", self.chunk_size, 1)
         _int("sbc.num_ranks", self.num_ranks, 1)
         _int("sbc.fisher_sims", self.fisher_sims, 0)
+        _int("sbc.reference_replicates", self.reference_replicates, 0)
         from .quantities import get_quantities
 
         try:

@@ -55,7 +55,9 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
 }
 # diagnostics derived from declared statistics (present only when declared)
 SCHEMA.update({name: (("replicate",) + d.dims, d.kind) for name, d in DERIVED.items()})
-UNDEFINED_OK = ("r_hat", "ess_bulk", "ess_tail", "bfmi")  # NaN = undefined diagnostic (constant draws)
+# NaN = undefined diagnostic (constant draws), or no reference (beyond sbc.reference_replicates, or
+# the reference quadrature failed: ref_certified is False there)
+UNDEFINED_OK = ("r_hat", "ess_bulk", "ess_tail", "bfmi", "ref_w1_log", "ref_kl_log", "ref_median_shift", "ref_sd_ratio")
 REQUIRED_VARS = ("true", "rank", "failed")
 REQUIRED_ATTRS = ("num_ranks",)
 DEFAULT_ATTRS = {"config_yaml": "", "seed": -1, "model": "", "prior": "", "chain_method": "", "inference": ""}

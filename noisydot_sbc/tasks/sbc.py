@@ -54,6 +54,7 @@ class Setup(NamedTuple):
     fisher_sims: int
     attrs: dict  # Dataset attributes of every chunk
     reference: object = None  # models.Model whose quadrature posterior is the reference (sbc.reference=exact)
+    reference_replicates: int = 0  # > 0: the reference for replicates below this index only
 
 
 class Chunk(NamedTuple):
@@ -96,7 +97,7 @@ def make_setup(cfg) -> Setup:
         fisher_sims=int(cfg.sbc.fisher_sims),
         attrs={"num_ranks": int(cfg.sbc.num_ranks), "config_yaml": common.config_yaml(cfg), "seed": int(cfg.seed),
                "model": str(cfg.model.name), "prior": str(prior.name)},
-        reference=exact,
+        reference=exact, reference_replicates=int(cfg.sbc.get("reference_replicates", 0)),
     )
 
 
@@ -310,7 +311,8 @@ def reference(setup: Setup, chunk: Chunk) -> dict:
     for the same replicate's data (:func:`noisydot_sbc.inference.reference.reference_discrepancy`:
     W1 and KL on the log scale, median shift in exact-posterior sds, sd ratio), dims (replicate,
     parameter); ``ref_certified``: the reference met its error tolerance. Failed replicates (and
-    those whose reference failed) stay NaN, and their reference is not computed."""
+    those whose reference failed) stay NaN, and their reference is not computed; so do replicates
+    from ``sbc.reference_replicates`` on, when it is > 0."""
     import jax
 
     from ..inference.quadrature import QuadratureConfig, integrate
@@ -320,7 +322,11 @@ def reference(setup: Setup, chunk: Chunk) -> dict:
     S, P = len(failed), len(PARAMS)
     out = {f"ref_{m}": np.full((S, P), np.nan) for m in METRICS}
     certified = np.zeros(S, bool)
-    ok = np.flatnonzero(~failed)
+    wanted = ~failed
+    limit = setup.reference_replicates
+    if limit > 0:
+        wanted &= np.asarray(chunk.replicate_ids) < limit
+    ok = np.flatnonzero(wanted)
     if ok.size:
         key = jax.random.fold_in(jax.random.fold_in(setup.root_key, 2**30 + 3), chunk.index)
         data = {k: np.asarray(chunk.data[k], dtype=np.float64)[ok] for k in ("x", "w", "y")}
