@@ -190,7 +190,15 @@ def test_study_cells_run_what_their_names_say(study_runs):
         assert cfg.task.name == "sbc" and cfg.progress is False
         n = cfg.sbc.num_replicates
         expected = 200 if prior == "naive" else 300 if (inference == "quadrature" or model == "gaussian") else 100
+        if c == "marginal_quadrature_weak":
+            expected = 200
         assert n == expected, (c, n)
+        # the weak prior reaches heavy noise: every weak-prior cell runs at N = 50 (the same replicates)
+        if prior == "weak" and config.left_out(cfg) is None:
+            assert cfg.design.n_obs == 50, c
+        # the exact reference for the first K replicates of the Gaussian-NUTS cells (cost), all of the others
+        k = {"gaussian_nuts_strong": 100, "gaussian_nuts_weak": 25}.get(c, 0)
+        assert cfg.sbc.reference_replicates == k, c
         assert cfg.sbc.num_ranks == 99
         # every NUTS fit of a cell is compared with the exact posterior (not the naive control)
         assert cfg.sbc.reference == ("exact" if inference == "nuts" and prior != "naive" else "none"), c
@@ -231,12 +239,14 @@ def test_study_run_folders_are_readable_and_distinct(study_runs):
 
 def test_study_leaves_out_only_what_a_cell_names(study_runs):
     """Exact-NUTS jobs over the 2-core budget are left out with their reason (marginal NUTS at M = 1
-    and under the weak prior; latent under the weak prior and on readout/degenerate); nothing else."""
+    and under the weak prior; latent under the weak prior and on readout/degenerate) and so is the weak-prior
+    exact quadrature at M = 8 (its node cap); nothing else."""
     _, _, designs, runs = study_runs
     out = {k for k, cfg in runs.items() if config.left_out(cfg) is not None}
     expected = ({("marginal_nuts_weak", d) for d in designs} | {("latent_nuts_weak", d) for d in designs}
                 | {("marginal_nuts_strong", "study_m1"), ("latent_nuts_strong", "study_m8_readout"),
-                   ("latent_nuts_strong", "study_degenerate")})
+                   ("latent_nuts_strong", "study_degenerate")}
+                | {("marginal_quadrature_weak", d) for d in ("study_m8", "study_m8_readout", "study_degenerate")})
     assert out == expected
     msg = config.left_out(runs[("marginal_nuts_weak", "study_m1")])
     assert "marginal-nuts-weak" in msg and "study_m1" in msg and "quadrature" in msg
