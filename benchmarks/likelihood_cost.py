@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -39,13 +38,10 @@ from noisydot_sbc.simulate import make_design, simulate_y  # noqa: E402
 
 
 def machine():
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "jax_version": jax.__version__,
-            "backend": jax.default_backend(), "load_average_start": os.getloadavg(),
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    """benchmarks/machine_info.machine() plus the uptime line (this script's JSON has quoted it)."""
+    from machine_info import machine as base  # beside this script
+
+    return {**base(), "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
 
 
 def replicates(s, n, m, sx, sw, seed=0, dtype=jnp.float64):

@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine  # noqa: E402  (benchmarks/machine_info.py)
 DESIGNS = ("study_m1", "study_m2", "study_m8", "study_m8_readout", "study_degenerate")
 
 
@@ -177,73 +178,70 @@ def gradient_probes(a, doc, out_path):
             out.append(time.perf_counter() - t)
         return float(np.median(out))
 
+    for spec in specs(a):
+        key = "gradient-" + _key(spec)
+        if key in doc["probes"] and not a.rerun:
+            continue
+        load0, t0 = os.getloadavg(), time.time()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides(spec))
+        config.validate_config(cfg)
+        setup = make_setup(cfg)
+        data, truth = simulate_replicates(setup.root_key, np.arange(a.replicates), cfg.design,
+                                          setup.prior, jnp.float64)
+        pot = build_potential(setup.model, data)
+        zs = []
+        for s in range(a.replicates):
+            z = np.array(pot.z_center)
+            for p in PARAMS:
+                idx, _, tr = pot.keep[p]
+                z[idx] = np.asarray(tr.inv(jnp.abs(truth[p][s])))
+            zs.append(z)
+        zs = jnp.asarray(np.stack(zs))
+        prepared = jax.vmap(pot.prepare)(data)
+        one = jax.jit(pot.value_and_grad)
+        batched = jax.jit(jax.vmap(pot.value_and_grad))
+        tc = time.perf_counter()
+        jax.block_until_ready(one(zs[0], jax.tree_util.tree_map(lambda v: v[0], prepared)))
+        compile_one = time.perf_counter() - tc
+        per_rep = [timed(one, zs[s], jax.tree_util.tree_map(lambda v, s=s: v[s], prepared))
+                   for s in range(a.replicates)]
+        tc = time.perf_counter()
+        val, _ = jax.block_until_ready(batched(zs, prepared))
+        compile_batched = time.perf_counter() - tc
+        t_batch = timed(batched, zs, prepared)
+        rec = {"status": "done", "kind": "gradient", "replicates": a.replicates,
+               "compile_seconds_one": compile_one, "compile_seconds_batched": compile_batched,
+               "grad_seconds_per_replicate": per_rep,
+               "grad_seconds_per_replicate_median": float(np.median(per_rep)),
+               "grad_seconds_per_replicate_max": float(np.max(per_rep)),
+               "grad_seconds_batched": t_batch, "grad_seconds_batched_per_replicate": t_batch / a.replicates,
+               "potential_finite": bool(np.all(np.isfinite(np.asarray(val)))),
+               "dim": int(pot.dim),
+               "truth": {p: np.asarray(truth[p]).round(4).tolist() for p in PARAMS},
+               "wall_seconds": time.time() - t0, "load_average_before": [round(x, 2) for x in load0],
+               "load_average_after": [round(x, 2) for x in os.getloadavg()], "spec": spec,
+               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))}
+        doc["probes"][key] = rec
+        print(key, {k: rec[k] for k in ("grad_seconds_per_replicate_median", "grad_seconds_per_replicate_max",
+                                        "grad_seconds_batched_per_replicate", "compile_seconds_batched")},
+              flush=True)
+        out_path.write_text(json.dumps(doc, indent=1))
+
+
+def specs(a):
+    """The probe specs of the command line: every model x prior x design x N."""
     for model in a.models:
         for prior in a.priors:
             for design in a.designs:
                 for n_obs in a.obs:
-                    spec = dict(model=model, prior=prior, design=design, n_obs=n_obs, replicates=a.replicates,
-                                num_warmup=a.warmup, num_samples=a.pilot, num_chains=a.chains,
-                                target_ess=a.target_ess, max_samples=a.max_samples, seed=a.seed)
-                    key = "gradient-" + _key(spec)
-                    if key in doc["probes"] and not a.rerun:
-                        continue
-                    load0, t0 = os.getloadavg(), time.time()
-                    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                        cfg = compose(config_name="config", overrides=overrides(spec))
-                    config.validate_config(cfg)
-                    setup = make_setup(cfg)
-                    data, truth = simulate_replicates(setup.root_key, np.arange(a.replicates), cfg.design,
-                                                      setup.prior, jnp.float64)
-                    pot = build_potential(setup.model, data)
-                    zs = []
-                    for s in range(a.replicates):
-                        z = np.array(pot.z_center)
-                        for p in PARAMS:
-                            idx, _, tr = pot.keep[p]
-                            z[idx] = np.asarray(tr.inv(jnp.abs(truth[p][s])))
-                        zs.append(z)
-                    zs = jnp.asarray(np.stack(zs))
-                    prepared = jax.vmap(pot.prepare)(data)
-                    one = jax.jit(pot.value_and_grad)
-                    batched = jax.jit(jax.vmap(pot.value_and_grad))
-                    tc = time.perf_counter()
-                    jax.block_until_ready(one(zs[0], jax.tree_util.tree_map(lambda v: v[0], prepared)))
-                    compile_one = time.perf_counter() - tc
-                    per_rep = [timed(one, zs[s], jax.tree_util.tree_map(lambda v, s=s: v[s], prepared))
-                               for s in range(a.replicates)]
-                    tc = time.perf_counter()
-                    val, _ = jax.block_until_ready(batched(zs, prepared))
-                    compile_batched = time.perf_counter() - tc
-                    t_batch = timed(batched, zs, prepared)
-                    rec = {"status": "done", "kind": "gradient", "replicates": a.replicates,
-                           "compile_seconds_one": compile_one, "compile_seconds_batched": compile_batched,
-                           "grad_seconds_per_replicate": per_rep,
-                           "grad_seconds_per_replicate_median": float(np.median(per_rep)),
-                           "grad_seconds_per_replicate_max": float(np.max(per_rep)),
-                           "grad_seconds_batched": t_batch, "grad_seconds_batched_per_replicate": t_batch / a.replicates,
-                           "potential_finite": bool(np.all(np.isfinite(np.asarray(val)))),
-                           "dim": int(pot.dim),
-                           "truth": {p: np.asarray(truth[p]).round(4).tolist() for p in PARAMS},
-                           "wall_seconds": time.time() - t0, "load_average_before": [round(x, 2) for x in load0],
-                           "load_average_after": [round(x, 2) for x in os.getloadavg()], "spec": spec,
-                           "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))}
-                    doc["probes"][key] = rec
-                    print(key, {k: rec[k] for k in ("grad_seconds_per_replicate_median", "grad_seconds_per_replicate_max",
-                                                    "grad_seconds_batched_per_replicate", "compile_seconds_batched")},
-                          flush=True)
-                    out_path.write_text(json.dumps(doc, indent=1))
+                    yield dict(model=model, prior=prior, design=design, n_obs=n_obs, replicates=a.replicates,
+                               num_warmup=a.warmup, num_samples=a.pilot, num_chains=a.chains,
+                               target_ess=a.target_ess, max_samples=a.max_samples, seed=a.seed)
 
 
 def _key(spec):
     return f"{spec['model']}-{spec['prior']}-{spec['design']}-N{spec['n_obs']}"
-
-
-def _machine():
-    import jax
-    import numpyro
-
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "jax": jax.__version__, "numpyro": numpyro.__version__}
 
 
 def main(argv=None):
@@ -255,7 +253,7 @@ def main(argv=None):
     out_path = Path(a.out)
     doc = json.loads(out_path.read_text()) if out_path.exists() and not a.smoke else {}
     doc.setdefault("probes", {})
-    doc["machine"] = _machine()
+    doc["machine"] = machine()
     doc["settings"] = {"replicates_per_probe": a.replicates, "num_warmup": a.warmup, "num_samples(pilot)": a.pilot,
                        "target_ess": a.target_ess or None, "max_samples": a.max_samples if a.target_ess else None,
                        "num_chains": a.chains, "timeout_seconds": a.timeout, "precision": "float64",
@@ -264,48 +262,42 @@ def main(argv=None):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if a.mode == "gradient":
         return gradient_probes(a, doc, out_path)
-    for model in a.models:
-        for prior in a.priors:
-            for design in a.designs:
-                for n_obs in a.obs:
-                    spec = dict(model=model, prior=prior, design=design, n_obs=n_obs, replicates=a.replicates,
-                                num_warmup=a.warmup, num_samples=a.pilot, num_chains=a.chains,
-                                target_ess=a.target_ess, max_samples=a.max_samples, seed=a.seed)
-                    key = _key(spec)
-                    if key in doc["probes"] and not a.rerun:
-                        continue
-                    prog = Path(f"/tmp/study_cell_cost_{os.getpid()}.progress")
-                    prog.unlink(missing_ok=True)
-                    load0 = os.getloadavg()
-                    t0 = time.time()
-                    cmd = [sys.executable, __file__, "--probe", json.dumps(spec), "--progress-file", str(prog)]
-                    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-                    if a.compilation_cache:
-                        env.update(JAX_COMPILATION_CACHE_DIR=a.compilation_cache,
-                                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-                    try:
-                        res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env, cwd=ROOT)
-                        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE_RESULT ")]
-                        if lines:
-                            rec = json.loads(lines[-1][len("PROBE_RESULT "):])
-                        else:
-                            rec = {"status": "error", "error": (res.stderr or res.stdout)[-800:]}
-                    except subprocess.TimeoutExpired:
-                        rec = {"status": "too slow", "timeout_seconds": a.timeout}
-                        if prog.exists():
-                            rec["last_progress"] = json.loads(prog.read_text())
-                    rec["wall_seconds"] = time.time() - t0
-                    rec["load_average_before"] = [round(x, 2) for x in load0]
-                    rec["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-                    rec["spec"] = spec
-                    rec["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))
-                    prog.unlink(missing_ok=True)
-                    doc["probes"][key] = rec
-                    print(key, rec["status"], {k: rec.get(k) for k in ("seconds_per_fit", "compile_seconds",
-                                                                        "iterations_per_chain_mean", "wall_seconds")},
-                          flush=True)
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    out_path.write_text(json.dumps(doc, indent=1))
+    for spec in specs(a):
+        key = _key(spec)
+        if key in doc["probes"] and not a.rerun:
+            continue
+        prog = Path(f"/tmp/study_cell_cost_{os.getpid()}.progress")
+        prog.unlink(missing_ok=True)
+        load0 = os.getloadavg()
+        t0 = time.time()
+        cmd = [sys.executable, __file__, "--probe", json.dumps(spec), "--progress-file", str(prog)]
+        env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+        if a.compilation_cache:
+            env.update(JAX_COMPILATION_CACHE_DIR=a.compilation_cache,
+                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env, cwd=ROOT)
+            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE_RESULT ")]
+            if lines:
+                rec = json.loads(lines[-1][len("PROBE_RESULT "):])
+            else:
+                rec = {"status": "error", "error": (res.stderr or res.stdout)[-800:]}
+        except subprocess.TimeoutExpired:
+            rec = {"status": "too slow", "timeout_seconds": a.timeout}
+            if prog.exists():
+                rec["last_progress"] = json.loads(prog.read_text())
+        rec["wall_seconds"] = time.time() - t0
+        rec["load_average_before"] = [round(x, 2) for x in load0]
+        rec["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        rec["spec"] = spec
+        rec["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))
+        prog.unlink(missing_ok=True)
+        doc["probes"][key] = rec
+        print(key, rec["status"], {k: rec.get(k) for k in ("seconds_per_fit", "compile_seconds",
+                                                            "iterations_per_chain_mean", "wall_seconds")},
+              flush=True)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":
