@@ -127,6 +127,14 @@ def test_write_study_report_writes_table_figures_and_findings(tmp_path):
              make_cell(3, "gaussian", "quadrature", prior="naive", width=0.6, S=100, n_inputs=8)]
     for i, ds in enumerate(cells):
         results.save_dataset(ds, root / str(i) / "results.nc")
+    # job wall times from the run folders' files: run 0 started 100 s before its results.nc, run 1 30 s
+    import os
+    for i, (start, end) in enumerate([(1000.0, 1100.0), (1050.0, 1080.0)]):
+        fp = root / str(i) / "chunks" / "config_fingerprint.txt"
+        fp.parent.mkdir()
+        fp.write_text("x\n")
+        os.utime(fp, (start, start))
+        os.utime(root / str(i) / "results.nc", (end, end))
     (root / "stray").mkdir()
     (root / "stray" / "left_out.txt").write_text("latent/nuts leaves study_m1 out\n")
     out = study.write_study_report(root, tmp_path / "docs", n_resamples=40, fisher_sims=0)
@@ -140,6 +148,7 @@ def test_write_study_report_writes_table_figures_and_findings(tmp_path):
     assert [r["cell"] for r in rows] == ["latent/nuts", "marginal/quadrature", "gaussian/nuts", "gaussian/quadrature"]
     assert [r["verdict"] for r in rows] == ["calibrated", "calibrated", "miscalibrated", "miscalibrated"]
     assert [int(r["failed"]) for r in rows] == [0, 3, 0, 0]
+    assert [float(r["job_seconds"]) for r in rows[1:3]] == [100.0, 30.0] and rows[0]["job_seconds"] in ("", "nan")
     assert out["control"].startswith("marginal/quadrature")  # quadrature on the marginal model preferred
     # power: the width x0.8 defect is detected more often with 197 than with 100 replicates
     df = out["table"]

@@ -80,7 +80,7 @@ def _results_table_md(df) -> str:
               + [f"ECDF p {q} (Holm)" for q in qs]
               + [f"90% coverage ({', '.join(qs)})", "z mean ± sd σ_x", "z mean ± sd σ_w",
                  "contraction σ_x / σ_w", "W1 log σ_x / σ_w", "|median shift| σ_x / σ_w (sd)",
-                 "divergent fits", "s per fit", "cell fit time (s)"]
+                 "divergent fits", "s per fit", "cell fit time (s)", "job wall (s)"]
               + [f"power {d.name}" for d in DEFECTS] + ["verdict"])
     rows = []
     for _, r in df.iterrows():
@@ -91,7 +91,8 @@ def _results_table_md(df) -> str:
             + ["/".join(_fmt(r[f"coverage90_{q}"], ".2f") for q in qs)]
             + [f"{_fmt(r[f'z_mean_{p}'], '.2f')} ± {_fmt(r[f'z_sd_{p}'], '.2f')}" for p in PARAMS]
             + [_pair(r, contraction, ".2f"), _pair(r, "ref_w1_log_", ".2g"), _pair(r, "ref_median_shift_", ".2g"),
-               _fmt(r["divergent_fraction"], ".1%"), _fmt(r["seconds_per_fit"], ".2g"), _fmt(r["cell_seconds"], ".0f")]
+               _fmt(r["divergent_fraction"], ".1%"), _fmt(r["seconds_per_fit"], ".2g"), _fmt(r["cell_seconds"], ".0f"),
+               _fmt(r.get("job_seconds", np.nan), ".0f")]
             + [_fmt(r.get(f"power_{_col(d.name)}", np.nan), ".2f") for d in DEFECTS]
             + [f"**{r['verdict']}**" if r["verdict"] == "miscalibrated" else r["verdict"]])
     return _markdown_table(header, rows)
@@ -186,6 +187,12 @@ def findings(df, ident=None, control_label: str | None = None) -> list[str]:
         out.append("Cost: median seconds per fit " + ", ".join(f"{c} {_fmt(v, '.2g')}" for c, v in per.items())
                    + f"; the cells' fits took {total / 60:.1f} min in all (compile time included, sums of the "
                    "fits' wall-time shares; the study's wall time adds simulation and summaries).")
+    wall = df.attrs.get("study_wall_seconds", np.nan)
+    if np.isfinite(wall):
+        jobs = df["job_seconds"].to_numpy(dtype=float) if "job_seconds" in df else np.array([np.nan])
+        out.append(f"Wall time: the study's jobs ran for {wall / 60:.0f} min from the first job's start to the last "
+                   f"results.nc ({len(df)} jobs, {np.nansum(jobs) / 60:.0f} job-minutes: each job's wall time from "
+                   "its start to its results.nc, compile, simulation, fits, test quantities and reference included).")
     if ident is not None and len(ident):
         for _, r in ident.iterrows():
             out.append(f"Design {r['label']}: median contraction of log σ_w {_fmt(r['contraction_log_w_noise_lvl'], '.2f')}"
@@ -198,6 +205,17 @@ def findings(df, ident=None, control_label: str | None = None) -> list[str]:
                            f"{r['label']} (Cramér-Rao sd of log σ_w {_fmt(r['crb_sd_log_w_noise_lvl'], '.2f')})"
                            for _, r in ranked.iterrows()) + ".")
     return out
+
+
+def job_span(results_path) -> tuple[float, float]:
+    """(start, end) of the run that wrote ``results_path``, in seconds since the epoch: the mtime of
+    its ``chunks/config_fingerprint.txt`` (written when the run first started) and of its results.nc.
+    A run resumed after an interruption counts the pause too. NaN where a file is missing."""
+    p = Path(results_path)
+    fp = p.parent / "chunks" / "config_fingerprint.txt"
+    start = fp.stat().st_mtime if fp.exists() else np.nan
+    end = p.stat().st_mtime if p.exists() else np.nan
+    return float(start), float(end)
 
 
 def _load_cells(root):
@@ -244,6 +262,10 @@ def write_study_report(root, docs_dir, alpha: float = STUDY_ALPHA, n_resamples: 
     df.insert(0, "cell", [f"{m}/{i}" for m, i in zip(df["model"], df["inference"])])
     df.insert(1, "design_label", [_design_label(r) for _, r in df.iterrows()])
     df["path"] = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p) for p in paths]
+    spans = [job_span(p) for p in paths]
+    df["job_seconds"] = [b - a for a, b in spans]
+    starts, ends = [a for a, _ in spans if np.isfinite(a)], [b for _, b in spans if np.isfinite(b)]
+    df.attrs["study_wall_seconds"] = float(max(ends) - min(starts)) if starts and ends else np.nan
     ci = select_control(df, datasets)
     control_label = None
     if ci is not None:
