@@ -240,13 +240,17 @@ def test_study_run_folders_are_readable_and_distinct(study_runs):
 def test_study_leaves_out_only_what_a_cell_names(study_runs):
     """Exact-NUTS jobs over the 2-core budget are left out with their reason (marginal NUTS at M = 1
     and under the weak prior; latent under the weak prior and on readout/degenerate) and so is the weak-prior
-    exact quadrature at M = 8 (its node cap); nothing else."""
+    exact quadrature at M = 8 (its node cap), the negative control beyond one design, and the
+    budget's other cuts; nothing else."""
     _, _, designs, runs = study_runs
     out = {k for k, cfg in runs.items() if config.left_out(cfg) is not None}
     expected = ({("marginal_nuts_weak", d) for d in designs} | {("latent_nuts_weak", d) for d in designs}
-                | {("marginal_nuts_strong", "study_m1"), ("latent_nuts_strong", "study_m8_readout"),
-                   ("latent_nuts_strong", "study_degenerate")}
-                | {("marginal_quadrature_weak", d) for d in ("study_m8", "study_m8_readout", "study_degenerate")})
+                | {("marginal_nuts_strong", d) for d in ("study_m1", "study_m8_readout")}
+                | {("latent_nuts_strong", d) for d in ("study_m2", "study_m8_readout", "study_degenerate")}
+                | {(c, d) for c in ("marginal_quadrature_weak", "gaussian_quadrature_weak")
+                   for d in ("study_m8", "study_m8_readout", "study_degenerate")}
+                | {("gaussian_nuts_naive", d) for d in designs if d != "study_m8"}
+                | {("gaussian_nuts_weak", "study_degenerate")})
     assert out == expected
     msg = config.left_out(runs[("marginal_nuts_weak", "study_m1")])
     assert "marginal-nuts-weak" in msg and "study_m1" in msg and "quadrature" in msg
