@@ -1,4 +1,18 @@
-"""Accuracy of the exact marginal likelihood against independent references."""
+"""Accuracy of the exact marginal likelihood against independent references.
+
+The scipy references (adaptive 1-D and nested 2-D quadrature, ``ref_m1`` / ``ref_m2`` / ``ref_m3``)
+cost most of this file's time, so their values are stored in ``tests/data/likelihood_references.json``
+(key: the reference and its arguments to 12 significant digits) and looked up; an argument not in
+the file is computed on the spot. ``test_stored_references_are_reproduced`` (slow) recomputes every
+stored value and checks it to 1e-12; ``NOISYDOT_REFERENCES=write pytest tests/test_likelihoods.py``
+computes the ones the tests ask for that the file lacks and adds each to the file as soon as it is
+computed.
+"""
+import functools
+import json
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +23,52 @@ from noisydot_sbc import likelihoods as L
 from noisydot_sbc.simulate import simulate_y
 
 
+REF_FILE = Path(__file__).parent / "data" / "likelihood_references.json"
+_WRITE = os.environ.get("NOISYDOT_REFERENCES") == "write"
+_STORE = json.loads(REF_FILE.read_text()) if REF_FILE.exists() else {}
+_REFS = {}
+
+
+def _plain(a):
+    a = np.asarray(a, dtype=float)
+    return float(a) if a.ndim == 0 else [float(v) for v in a.ravel()]
+
+
+def _key(name, args):
+    def fmt(v):
+        return "[" + ",".join(f"{u:.12g}" for u in v) + "]" if isinstance(v, list) else f"{v:.12g}"
+    return name + "(" + ",".join(fmt(_plain(a)) for a in args) + ")"
+
+
+def _save_store():
+    """Rewrite the file (atomically: a killed run leaves the previous file or the new one)."""
+    REF_FILE.parent.mkdir(exist_ok=True)
+    tmp = REF_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(_STORE.items())), indent=0) + "\n")
+    os.replace(tmp, REF_FILE)
+
+
+def stored(fn):
+    """The reference's value from the stored file when it holds these arguments, else computed."""
+    _REFS[fn.__name__] = fn
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        key = _key(fn.__name__, args)
+        hit = _STORE.get(key)
+        if hit is not None:
+            return hit["value"]
+        value = float(fn(*args))
+        if _WRITE:  # saved at once: no value is lost when the run is interrupted
+            _STORE[key] = {"fn": fn.__name__, "args": [_plain(a) for a in args], "value": value}
+            _save_store()
+        return value
+
+    wrapper.compute = fn
+    return wrapper
+
+
+@stored
 def ref_m1(y, x, w, sx, sw, sy=0.0):
     """p(y), M = 1: scipy adaptive quadrature over u of N(y; x w̃, σ_x² w̃² + σ_y²), split at u = -1/σ_w."""
     def f(u):
@@ -23,6 +83,7 @@ def ref_m1(y, x, w, sx, sw, sy=0.0):
     return sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-13, limit=2000)[0] for a, b in zip(edges[:-1], edges[1:]))
 
 
+@stored
 def ref_m2(y, x, w, sx, sw, sy=0.0):
     """p(y), M = 2: nested adaptive quadrature over (u1, u2)."""
     edges = sorted({-12.0, 12.0, max(-1.0 / sw, -12.0), 0.0})
@@ -108,6 +169,7 @@ def test_polar_pass_converges_and_its_estimate_is_honest():
     np.testing.assert_allclose(np.asarray(fine.logp), ref, rtol=0, atol=1e-8)
 
 
+@stored
 def ref_m3(y, x, w, sx, sw):
     """p(y), M = 3: scipy quad over u_k of one term k, of the M = 2 density of the other two terms
     with term k's x noise (σ_x w̃_k) as readout noise; the inner density by the polar scheme (tested
@@ -547,3 +609,13 @@ def test_loglik_grid_bad_input():
         L.loglik_grid(np.zeros((2, 4)), x, w, good, good)
     with pytest.raises(ValueError, match="w"):
         L.loglik_grid(y, x, np.zeros((2, 2)), good, good)
+
+
+@pytest.mark.slow
+def test_stored_references_are_reproduced():
+    """Every stored reference value recomputed by its scipy quadrature: the same to 1e-12 (relative)."""
+    assert len(_STORE) >= 60
+    for key, entry in _STORE.items():
+        args = [np.asarray(a) if isinstance(a, list) else a for a in entry["args"]]
+        value = _REFS[entry["fn"]].compute(*args)
+        assert abs(np.log(value) - np.log(entry["value"])) < 1e-12, key
