@@ -127,14 +127,17 @@ def test_write_study_report_writes_table_figures_and_findings(tmp_path):
              make_cell(3, "gaussian", "quadrature", prior="naive", width=0.6, S=100, n_inputs=8)]
     for i, ds in enumerate(cells):
         results.save_dataset(ds, root / str(i) / "results.nc")
-    # job wall times from the run folders' files: run 0 started 100 s before its results.nc, run 1 30 s
+    # job wall times from the run folders' files: run 0 started 100 s before its last chunk, run 1 30 s
     import os
     for i, (start, end) in enumerate([(1000.0, 1100.0), (1050.0, 1080.0)]):
         fp = root / str(i) / "chunks" / "config_fingerprint.txt"
         fp.parent.mkdir()
         fp.write_text("x\n")
         os.utime(fp, (start, start))
-        os.utime(root / str(i) / "results.nc", (end, end))
+        for k, t in enumerate((start + 1.0, end)):  # the last chunk's mtime ends the job, not results.nc's
+            (fp.parent / f"chunk_{k:05d}.nc").write_text("x\n")
+            os.utime(fp.parent / f"chunk_{k:05d}.nc", (t, t))
+        os.utime(root / str(i) / "results.nc", (end + 500.0, end + 500.0))
     (root / "stray").mkdir()
     (root / "stray" / "left_out.txt").write_text("latent/nuts leaves study_m1 out\n")
     out = study.write_study_report(root, tmp_path / "docs", n_resamples=40, fisher_sims=0)

@@ -191,8 +191,8 @@ def findings(df, ident=None, control_label: str | None = None) -> list[str]:
     if np.isfinite(wall):
         jobs = df["job_seconds"].to_numpy(dtype=float) if "job_seconds" in df else np.array([np.nan])
         out.append(f"Wall time: the study's jobs ran for {wall / 60:.0f} min from the first job's start to the last "
-                   f"results.nc ({len(df)} jobs, {np.nansum(jobs) / 60:.0f} job-minutes: each job's wall time from "
-                   "its start to its results.nc, compile, simulation, fits, test quantities and reference included).")
+                   f"chunk ({len(df)} jobs, {np.nansum(jobs) / 60:.0f} job-minutes: each job's wall time from its start "
+                   "to its last chunk, compile, simulation, fits, test quantities and reference included).")
     if ident is not None and len(ident):
         for _, r in ident.iterrows():
             out.append(f"Design {r['label']}: median contraction of log σ_w {_fmt(r['contraction_log_w_noise_lvl'], '.2f')}"
@@ -209,12 +209,15 @@ def findings(df, ident=None, control_label: str | None = None) -> list[str]:
 
 def job_span(results_path) -> tuple[float, float]:
     """(start, end) of the run that wrote ``results_path``, in seconds since the epoch: the mtime of
-    its ``chunks/config_fingerprint.txt`` (written when the run first started) and of its results.nc.
-    A run resumed after an interruption counts the pause too. NaN where a file is missing."""
+    its ``chunks/config_fingerprint.txt`` (written when the run first started) and of its last chunk
+    file (each is written once, when its replicates are done; results.nc is rewritten whenever the
+    command is rerun). A run resumed after an interruption counts the pause too. NaN where a file
+    is missing."""
     p = Path(results_path)
     fp = p.parent / "chunks" / "config_fingerprint.txt"
+    chunks = list((p.parent / "chunks").glob("chunk_*.nc"))
     start = fp.stat().st_mtime if fp.exists() else np.nan
-    end = p.stat().st_mtime if p.exists() else np.nan
+    end = max(c.stat().st_mtime for c in chunks) if chunks else np.nan
     return float(start), float(end)
 
 
