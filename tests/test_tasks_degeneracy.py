@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_degeneracy_map_shows_the_ridge(tmp_path):
+    # the facet (N = 300, M = 8) and 8 Fisher simulations: the shapes of the exact-likelihood Fisher
+    # estimator in tests/test_identifiability.py (test_exact_fim_close_to_gaussian_for_small_noise),
+    # so that one session compiles it once (~20 s)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             f"+output_dir={tmp_path}", "task=degeneracy", "model=gaussian", "task.x_spread=[0.0,3.0]",
