@@ -21,8 +21,8 @@ def _exact_normal(means, sds, S=2, F=4000):
         mom[p] = dict(log_mean=np.full(S, means[k]), log_sd=np.full(S, sds[k]),
                       mean=np.full(S, np.nan), sd=np.full(S, np.nan))
     z = np.zeros(S)
-    return QuadratureResult(PARAMS, {}, marg, mom, z, z, np.ones(S, bool), z.astype(int), z, z,
-                            np.zeros(S, bool), [""] * S, 0.0)
+    return QuadratureResult(PARAMS, {}, marg, mom, z, z, np.ones(S, bool), z.astype(int), z, z, z,
+                            np.ones(S, int), np.zeros(S, bool), [""] * S, 0.0)
 
 
 def _w1_normals(m1, s1, m2, s2):

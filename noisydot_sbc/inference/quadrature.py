@@ -91,6 +91,16 @@ class QuadratureConfig:
     exact_likelihood: how the exact (marginal) likelihood is evaluated at many points: ``grid``
         (:func:`noisydot_sbc.likelihoods.loglik_grid`, two-phase) or ``map`` (``lax.map`` over points
         in small batches); identical values, different cost profiles.
+    exact_stride: k, for a model with a cheap approximation of its likelihood (``marginal``: the
+        Gaussian one): the exact likelihood is evaluated on the sublattice of every k-th node per
+        axis (step k·dz), on the sublattice of stride k/2 where the mass is (``exact_core_drop``)
+        and at check nodes; every other node gets the approximation plus the bicubic interpolant
+        of the correction Δ = exact − approximate (smooth and small: the two posteriors differ by
+        ~0.1 posterior sds under the strong prior). The interpolant's error, measured at check
+        nodes, enters the error estimate; above the tolerance the sublattice step is halved. A
+        power of 2; 1: the exact likelihood at every node (no approximation used).
+    exact_core_drop: where the log posterior is within this many nats of the top (the core, ~99.75 %
+        of the mass), the exact likelihood is evaluated on the sublattice of half the stride.
     """
 
     name: str = "quadrature"
@@ -107,11 +117,13 @@ class QuadratureConfig:
     chain_method: str = "vectorized"
     batch_size: int = 0
     exact_likelihood: str = "grid"
+    exact_stride: int = 4
+    exact_core_drop: float = 6.0
 
     def validate(self) -> "QuadratureConfig":
         if self.name != "quadrature":
             raise ValueError(f"name must be 'quadrature' for QuadratureConfig, got {self.name!r}")
-        positive = ("tolerance", "dz", "log_density_drop", "max_radius")
+        positive = ("tolerance", "dz", "log_density_drop", "max_radius", "exact_core_drop")
         for f in positive:
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -124,6 +136,9 @@ class QuadratureConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{f} must be an integer >= 0, got {v!r}")
+        k = self.exact_stride
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 or (k & (k - 1)):
+            raise ValueError(f"exact_stride must be a power of 2 (1, 2, 4, ...), got {k!r}")
         if self.exact_likelihood not in ("grid", "map"):
             raise ValueError(f"exact_likelihood must be 'grid' or 'map', got {self.exact_likelihood!r}")
         if self.chain_method not in CHAIN_METHODS:
@@ -141,6 +156,9 @@ FIT_STATS = (
     ("n_evaluations", "i", "likelihood evaluations (parameter points) for this replicate"),
     ("grid_step", "f", "final lattice step in whitened units"),
     ("boundary_mass", "f", "posterior mass on the walk's outer ring (truncation indicator)"),
+    ("correction_error", "f", "error estimate's share from interpolating the exact-minus-approximate "
+     "correction (0: exact likelihood at every node)"),
+    ("exact_stride", "i", "final sublattice stride of the exact likelihood (1: exact at every node)"),
 )
 
 
@@ -163,6 +181,8 @@ class QuadratureResult(NamedTuple):
     n_evaluations: np.ndarray
     grid_step: np.ndarray
     boundary_mass: np.ndarray
+    correction_error: np.ndarray
+    exact_stride: np.ndarray
     failed: np.ndarray
     error: list
     compile_time: float
@@ -288,13 +308,14 @@ class _Evaluator:
                 self.grid = None
         key = ("chunk",) + _likelihood_key(model)
         point = _point_loglik(model)
+        # the replicates' rows are gathered inside the compiled function (one dispatch per chunk)
         if model.name == "marginal":
             def build():
-                return jax.jit(lambda y, x, w, sx, sw: jax.lax.map(
-                    lambda a: point(*a), (y, x, w, sx, sw), batch_size=MAP_BATCH))
+                return jax.jit(lambda Y, X, W, r, sx, sw: jax.lax.map(
+                    lambda a: point(*a), (Y[r], X[r], W[r], sx, sw), batch_size=MAP_BATCH))
         else:
             def build():
-                return jax.jit(jax.vmap(point))
+                return jax.jit(lambda Y, X, W, r, sx, sw: jax.vmap(point)(Y[r], X[r], W[r], sx, sw))
         self.fn = _cached(key, build)
         self.first = key not in _SEEN_SHAPES
         _SEEN_SHAPES.setdefault(key, set())
@@ -321,14 +342,53 @@ class _Evaluator:
         ll = np.empty(total)
         er = np.empty(total)
         for c in range(0, total, P):
-            r = rows[c:c + P]
             t0 = time.perf_counter()
-            a, e = self.fn(self.y[r], self.x[r], self.w[r], jnp.asarray(fx[c:c + P], dt), jnp.asarray(fw[c:c + P], dt))
+            a, e = self.fn(self.y, self.x, self.w, jnp.asarray(rows[c:c + P]), jnp.asarray(fx[c:c + P], dt),
+                           jnp.asarray(fw[c:c + P], dt))
             ll[c:c + P], er[c:c + P] = np.asarray(a, np.float64), np.asarray(e, np.float64)
             if self.first:
                 self.compile_time += time.perf_counter() - t0
                 self.first = False
         return ll[:n].reshape(B, K), er[:n].reshape(B, K)
+
+
+class _GaussianEvaluator:
+    """Total log-likelihood of the moment-matched Gaussian approximation at many points, from each
+    replicate's sufficient statistics: with μ_n = Σ_i x_ni w_i, A_n = Σ_i w_i² x_ni² and
+    B = Σ_i w_i², Var y_n = σ_w² A_n + σ_x² (1 + σ_w²) B + σ_y² (:func:`likelihoods.moments`), so a
+    point costs O(N), not O(N M), and no (point, N, M) copy of x is formed (that copy, not the
+    arithmetic, was the cost of evaluating the Gaussian model through :class:`_Evaluator`)."""
+
+    def __init__(self, data, y_noise):
+        x, w, y = (np.asarray(data[k], np.float64) for k in ("x", "w", "y"))
+        dt = data["x"].dtype
+        w2 = w * w
+        self.r2 = jnp.asarray((y - np.einsum("snm,sm->sn", x, w)) ** 2, dt)
+        self.a = jnp.asarray(np.einsum("snm,sm->sn", x * x, w2), dt)
+        self.b = jnp.asarray(w2.sum(-1), dt)
+        self.dt = dt
+        self.y2 = float(y_noise) ** 2
+        self.fn = _cached(("gaussian_stats", self.y2), lambda: jax.jit(self._total))
+
+    @staticmethod
+    def _total(r2, a, b, rows, sx, sw, y2):
+        var = (sw * sw)[:, None] * a[rows] + ((sx * sx) * (1.0 + sw * sw) * b[rows])[:, None] + y2
+        return -0.5 * jnp.sum(jnp.log(2.0 * jnp.pi * var) + r2[rows] / var, axis=-1)
+
+    def __call__(self, rep_idx, z):
+        """rep_idx (B,), z (B, K, 2) -> (loglik (B, K), zeros (B, K)): the same call as :class:`_Evaluator`."""
+        B, K = z.shape[:2]
+        if B == 0 or K == 0:
+            return np.zeros((B, K)), np.zeros((B, K))
+        zc = np.clip(z, -700.0, 700.0)
+        rows = np.repeat(np.asarray(rep_idx), K)
+        n = rows.size
+        total = _bucket(n)
+        pad = lambda a, fill: np.concatenate([a, np.full(total - n, fill)])
+        out = self.fn(self.r2, self.a, self.b, jnp.asarray(pad(rows, rows[0])),
+                      jnp.asarray(pad(np.exp(zc[..., 0]).ravel(), 1.0), self.dt),
+                      jnp.asarray(pad(np.exp(zc[..., 1]).ravel(), 1.0), self.dt), self.y2)
+        return np.asarray(out, np.float64)[:n].reshape(B, K), np.zeros((B, K))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,11 +558,26 @@ def _half_axis_scales(ev, rep_idx, m, C, prior_lp, D, top, n_eval, max_nodes, ro
 class _Lattice:
     """Node values of one batch of replicates on the lattice u = h·(i − R, j − R)."""
 
-    def __init__(self, B, h, R):
+    def __init__(self, B, h, R, k=None):
         self.h, self.R = h, R
         G = 2 * R + 1
         self.val = np.full((B, G, G), np.nan)
         self.err = np.zeros((B, G, G))
+        # the corrected lattice (exact likelihood on the stride-k sublattice, k (B,)): exact and
+        # approximate total log-likelihoods and the log prior per node (NaN: not evaluated)
+        self.k = None if k is None else np.asarray(k, np.int64)
+        if self.k is not None:
+            self.ll = np.full((B, G, G), np.nan)
+            self.gl = np.full((B, G, G), np.nan)
+            self.lp = np.full((B, G, G), np.nan)
+
+    def refined(self, sel, k_new):
+        """The lattice of half the step for the replicates ``sel``: old node (i, j) -> (2i, 2j)."""
+        new = _Lattice(int(np.sum(sel)), self.h / 2, 2 * self.R, None if self.k is None else k_new)
+        names = ("val", "err") + (("ll", "gl", "lp") if self.k is not None else ())
+        for name in names:
+            getattr(new, name)[:, ::2, ::2] = getattr(self, name)[sel]
+        return new
 
     @property
     def G(self):
@@ -515,37 +590,53 @@ class _Lattice:
 _EIGHT = np.ones((1, 3, 3), bool)
 
 
-def _evaluate(ev, rep_idx, lat, pending, frames, prior_lp, n_eval):
-    """Evaluate the pending nodes (B, G, G) (one likelihood call for the whole batch). The
-    (replicate, node) pairs go to the likelihood as a flat list (one point per row), so replicates
-    with fewer pending nodes than others cost no padded evaluations."""
-    rows = np.nonzero(pending.reshape(pending.shape[0], -1).any(1))[0]
+def _at_nodes(ev, rep_idx, lat, mask, frames, prior_lp):
+    """Log-likelihood, its error estimate and the log prior at the nodes ``mask`` (B, G, G), one
+    likelihood call for the whole batch. The (replicate, node) pairs go to the likelihood as a flat
+    list (one point per row), so replicates with fewer nodes than others cost no padded
+    evaluations. Yields (b, i, j, ll, err, lp) per replicate with nodes."""
+    rows = np.nonzero(mask.reshape(mask.shape[0], -1).any(1))[0]
     if rows.size == 0:
         return
     where, zs = [], []
     for b in rows:
-        i, j = np.nonzero(pending[b])
+        i, j = np.nonzero(mask[b])
         zs.append(frames[b].z(lat.v(i, j)))
         where.append((i, j))
     counts = np.array([i.size for i, _ in where])
     z = np.concatenate(zs)[:, None, :]  # (n, 1, 2)
     ll, err = ev(np.repeat(rep_idx[rows], counts), z)
-    lp = (ll + prior_lp(z))[:, 0]
-    err = err[:, 0]
+    lp = prior_lp(z)[:, 0]
+    ll, err = ll[:, 0], err[:, 0]
     ends = np.cumsum(counts)
     for r_, b in enumerate(rows):
         i, j = where[r_]
         sl = slice(ends[r_] - counts[r_], ends[r_])
-        v = np.where(np.isfinite(lp[sl]), lp[sl], -np.inf)  # a NaN likelihood is no mass, never a silent NaN downstream
-        lat.val[b, i, j] = v
-        lat.err[b, i, j] = np.where(np.isfinite(err[sl]), err[sl], np.inf)
-        n_eval[b] += counts[r_]
+        yield b, i, j, ll[sl], err[sl], lp[sl]
 
 
-def _walk(ev, rep_idx, lat, frames, prior_lp, D, max_nodes, n_eval, first):
+def _finite_or(a, fill):
+    """a NaN or infinite value is no mass (log density -inf) or an unknown error (+inf), never a
+    silent NaN downstream"""
+    return np.where(np.isfinite(a), a, fill)
+
+
+def _evaluate(ev, rep_idx, lat, pending, frames, prior_lp, n_eval):
+    """Evaluate the model's log posterior at the pending nodes (B, G, G)."""
+    for b, i, j, ll, err, lp in _at_nodes(ev, rep_idx, lat, pending, frames, prior_lp):
+        lat.val[b, i, j] = _finite_or(ll + lp, -np.inf)
+        lat.err[b, i, j] = _finite_or(err, np.inf)
+        n_eval[b] += i.size
+
+
+def _walk(evaluate, lat, D, max_nodes, n_eval, first, trim=True):
     """Flood the lattice outwards from what is known (first from the disk |u|²/2 < D as well):
     evaluate every unknown 8-neighbour of a node within D of the top, round by round.
-    Returns capped (B,) bool: the walk reached the lattice edge or ran out of node budget."""
+    ``evaluate(lat, pending, n_eval)`` fills the pending nodes; with ``trim`` a round that would
+    exceed a replicate's node budget keeps the nodes nearest the centre (for the corrected
+    lattice, whose pending nodes are not all exact evaluations, the walk stops once the budget is
+    spent instead). Returns capped (B,) bool: the walk reached the lattice edge or ran out of
+    node budget."""
     B, G = lat.val.shape[0], lat.G
     ii, jj = np.meshgrid(np.arange(G), np.arange(G), indexing="ij")
     rad2 = ((ii - lat.R) ** 2 + (jj - lat.R) ** 2) * lat.h**2
@@ -559,14 +650,14 @@ def _walk(ev, rep_idx, lat, frames, prior_lp, D, max_nodes, n_eval, first):
     while True:
         if pending.any():
             budget = max_nodes - n_eval
-            over = pending.reshape(B, -1).sum(1) > budget
+            over = (pending.reshape(B, -1).sum(1) > budget) if trim else np.zeros(B, bool)
             pending = pending.copy()
             for b in np.nonzero(over)[0]:  # keep the nodes nearest the centre within budget
                 i, j = np.nonzero(pending[b])
                 drop = np.argsort(rad2[i, j], kind="stable")[max(int(budget[b]), 0):]
                 pending[b, i[drop], j[drop]] = False
                 capped[b] = True
-            _evaluate(ev, rep_idx, lat, pending, frames, prior_lp, n_eval)
+            evaluate(lat, pending, n_eval)
         known = ~np.isnan(lat.val)
         top = np.max(np.where(known, lat.val, -np.inf).reshape(B, -1), axis=1)
         inside = known & (lat.val > (top - D)[:, None, None])
@@ -577,6 +668,256 @@ def _walk(ev, rep_idx, lat, frames, prior_lp, D, max_nodes, n_eval, first):
         pending = frontier & ~spent[:, None, None]
         if not pending.any():
             return capped
+
+
+# ---------------------------------------------------------------------------------------------
+# the corrected lattice: the exact likelihood on sublattices, elsewhere a cheap approximation
+# plus the interpolated correction
+# ---------------------------------------------------------------------------------------------
+
+CHECK_MASS = 0.999  # the check nodes: centres of the core cells holding this share of the mass
+CHECK_MIN = 4       # ... and at least this many
+
+
+def _grid_mask(lat, k, offset=0):
+    """(G, G) bool: the nodes at ``offset`` modulo stride k from the centre on both axes."""
+    m = np.zeros((lat.G, lat.G), bool)
+    m[(lat.R + offset) % k::k, (lat.R + offset) % k::k] = True
+    return m
+
+
+def _exact_valued(lat, b):
+    """(G, G) bool: the nodes whose value is the exact log posterior: the outer sublattice (stride
+    k), and the core sublattice (stride k/2) where it was evaluated."""
+    k = int(lat.k[b])
+    m = _grid_mask(lat, k)
+    if k > 1:
+        m |= _grid_mask(lat, k // 2) & ~np.isnan(lat.ll[b])
+    return m
+
+
+def _grid_spline(d, step):
+    """Bicubic interpolating spline through the values ``d`` (n, n) of a square grid of spacing
+    ``step`` centred on 0 (NaN: unknown; unknown nodes in the box of the known ones are filled by
+    their nearest known value); a function of coordinates v (n, 2), clamped to that box."""
+    known = np.isfinite(d)
+    if not known.any():
+        return lambda v: np.full(v.shape[0], -np.inf)  # no finite exact value: no mass anywhere
+    if (~known).any():
+        _, (ni, nj) = ndimage.distance_transform_edt(~known, return_indices=True)
+        d = d[ni, nj]
+    rows, cols = np.nonzero(known.any(1))[0], np.nonzero(known.any(0))[0]
+    a0, a1, b0, b1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    c = (d.shape[0] - 1) // 2
+    ua, ub = (np.arange(a0, a1) - c) * step, (np.arange(b0, b1) - c) * step
+    box = d[a0:a1, b0:b1]
+    if ua.size == 1 and ub.size == 1:
+        return lambda v: np.full(v.shape[0], box[0, 0])
+    if ua.size == 1 or ub.size == 1:  # one row or column of known nodes: interpolate along it
+        axis, coords, line = (1, ub, box[0]) if ua.size == 1 else (0, ua, box[:, 0])
+        return lambda v: np.interp(v[:, axis], coords, line)
+    spl = RectBivariateSpline(ua, ub, box, kx=min(3, ua.size - 1), ky=min(3, ub.size - 1), s=0)
+    return lambda v: spl.ev(np.clip(v[:, 0], ua[0], ua[-1]), np.clip(v[:, 1], ub[0], ub[-1]))
+
+
+def _correction_fn(lat, b):
+    """Δ̂(v) of replicate b at lattice coordinates v (n, 2): Δ = exact − approximate log-likelihood,
+    interpolated in two levels. The outer spline runs through Δ on the stride-k sublattice; the
+    core spline through the stride-k/2 sublattice, whose nodes carry Δ where it was evaluated (the
+    core, where the mass is) and the outer spline's value elsewhere. Stride 1: the lattice itself."""
+    k, R, h = int(lat.k[b]), lat.R, lat.h
+    delta = lat.ll[b] - lat.gl[b]
+    outer = _grid_spline(delta[R % k::k, R % k::k], k * h)
+    if k == 1:
+        return outer
+    kc = k // 2
+    known_outer = np.isfinite(delta[R % k::k, R % k::k])
+    if not known_outer.any():
+        return outer
+    core = delta[R % kc::kc, R % kc::kc].copy()
+    n = core.shape[0]
+    c = (n - 1) // 2
+    ii, jj = np.meshgrid(np.arange(n) - c, np.arange(n) - c, indexing="ij")
+    # the core grid over the box of the outer sublattice's known nodes (beyond it: clamped anyway)
+    ro, co = np.nonzero(known_outer.any(1))[0], np.nonzero(known_outer.any(0))[0]
+    c_o = (known_outer.shape[0] - 1) // 2
+    inbox = ((ii >= 2 * (ro[0] - c_o)) & (ii <= 2 * (ro[-1] - c_o)) & (jj >= 2 * (co[0] - c_o))
+             & (jj <= 2 * (co[-1] - c_o)))
+    fill = ~np.isfinite(core) & inbox
+    if fill.any():
+        core[fill] = outer(kc * h * np.stack([ii[fill], jj[fill]], -1))
+    core[~inbox] = np.nan
+    return _grid_spline(core, kc * h)
+
+
+class _Corrected:
+    """Evaluation on the corrected lattice: ``evaluate(lat, pending, n_eval)`` for :func:`_walk`.
+
+    Every pending node gets the approximation plus Δ̂ (the correction known so far); the
+    sublattice corners of its cell are evaluated exactly first where that value is within
+    D + 2 nats of the top (the walk's outer ring needs no exact correction), and the core
+    sublattice (stride k/2) is evaluated exactly wherever the log posterior is within
+    ``core_drop`` of the top. Nodes on the outer sublattice and evaluated core nodes carry the
+    exact log posterior. ``n_eval`` counts exact evaluations (the cost; the approximation costs
+    O(N) per point). Values off those nodes are recomputed from the latest Δ̂ by :meth:`refresh`
+    (a spline through more nodes changes slightly everywhere)."""
+
+    def __init__(self, ev, ev_approx, rep_idx, frames, prior_lp, core_drop, drop):
+        self.ev, self.ev_approx, self.rep_idx, self.frames, self.prior_lp = ev, ev_approx, rep_idx, frames, prior_lp
+        self.core_drop, self.drop = float(core_drop), float(drop)
+
+    def exact(self, lat, mask, n_eval):
+        """Exact (and approximate) values at the nodes ``mask`` not yet evaluated exactly."""
+        mask = mask & np.isnan(lat.ll)
+        self.approx(lat, mask)
+        for b, i, j, ll, err, _ in _at_nodes(self.ev, self.rep_idx, lat, mask, self.frames, self.prior_lp):
+            lat.ll[b, i, j] = _finite_or(ll, -np.inf)
+            lat.err[b, i, j] = _finite_or(err, np.inf)
+            n_eval[b] += i.size
+            on = _exact_valued(lat, b)[i, j]
+            lat.val[b, i[on], j[on]] = _finite_or(lat.ll[b, i[on], j[on]] + lat.lp[b, i[on], j[on]], -np.inf)
+
+    def approx(self, lat, mask):
+        mask = mask & np.isnan(lat.gl)
+        for b, i, j, ll, _, lp in _at_nodes(self.ev_approx, self.rep_idx, lat, mask, self.frames, self.prior_lp):
+            lat.gl[b, i, j] = _finite_or(ll, -np.inf)
+            lat.lp[b, i, j] = _finite_or(lp, -np.inf)
+
+    def refresh(self, lat, rows=None):
+        """val = approximation + Δ̂ + log prior at every evaluated node without an exact value."""
+        for b in range(lat.val.shape[0]) if rows is None else rows:
+            off = ~np.isnan(lat.gl[b]) & ~_exact_valued(lat, b)
+            if not off.any():
+                continue
+            i, j = np.nonzero(off)
+            corr = _correction_fn(lat, b)(lat.v(i, j))
+            lat.val[b, i, j] = _finite_or(lat.gl[b, i, j] + corr + lat.lp[b, i, j], -np.inf)
+
+    def __call__(self, lat, pending, n_eval):
+        self.approx(lat, pending)
+        rows = np.nonzero(pending.reshape(pending.shape[0], -1).any(1))[0]
+        self.refresh(lat, rows)
+        need = np.zeros_like(pending)
+        R = lat.R
+        for b in rows:
+            fin = np.isfinite(lat.val[b])
+            if np.isfinite(lat.ll[b]).any() and fin.any():
+                top = np.max(lat.val[b][fin])
+                i, j = np.nonzero(pending[b] & (np.where(fin, lat.val[b], -np.inf) > top - self.drop - 2.0))
+            else:  # no finite exact value yet (the stencil was not placed): every pending node's corners
+                i, j = np.nonzero(pending[b])
+            k = int(lat.k[b])
+            oi, oj = (i - R) % k, (j - R) % k
+            for a in (i - oi, i - oi + k * (oi > 0)):
+                for c in (j - oj, j - oj + k * (oj > 0)):
+                    need[b, a, c] = True
+        self.exact(lat, need, n_eval)
+        self.refresh(lat, rows)
+        self.core(lat, n_eval, rows)
+
+    def core(self, lat, n_eval, rows=None, rounds=3):
+        """Exact values on the core sublattice (stride k/2) wherever the log posterior is within
+        ``core_drop`` of the top: the correction is interpolated at twice the resolution where the
+        mass is, and at stride k in the tails, where its error carries little mass."""
+        rows = np.arange(lat.val.shape[0]) if rows is None else np.asarray(rows)
+        for _ in range(rounds):
+            need = np.zeros(lat.val.shape, bool)
+            for b in rows:
+                k = int(lat.k[b])
+                fin = np.isfinite(lat.val[b])
+                if k == 1 or not fin.any():
+                    continue
+                top = np.max(lat.val[b][fin])
+                need[b] = (_grid_mask(lat, k // 2) & np.isnan(lat.ll[b]) & ~np.isnan(lat.gl[b])
+                           & (np.where(fin, lat.val[b], -np.inf) > top - self.core_drop))
+            if not need.any():
+                return
+            self.exact(lat, need, n_eval)
+            self.refresh(lat, np.nonzero(need.reshape(need.shape[0], -1).any(1))[0])
+
+    def check(self, lat, n_eval, max_nodes):
+        """The interpolant's error at check nodes: the centres of the core sublattice's cells
+        (stride k/2; for k = 2 the centres of the stride-2 cells) that hold CHECK_MASS of the
+        posterior mass (at least CHECK_MIN), where a cubic interpolant's error is largest.
+        Per replicate: None (stride 1: no correction), ``"budget"`` (node budget spent: no
+        estimate) or dict(z (n, 2), weight (n,) cell masses, eps (n,) = Δ − Δ̂ in nats), Δ̂ the
+        interpolant before the check nodes were evaluated."""
+        B = lat.val.shape[0]
+        out = [None] * B
+        chosen = np.zeros(lat.val.shape, bool)
+        predicted = {}
+        for b in range(B):
+            k = int(lat.k[b])
+            if k == 1:
+                continue
+            period = max(k // 2, 2)
+            cen = (_grid_mask(lat, period, period // 2) & np.isfinite(lat.val[b]) & np.isfinite(lat.gl[b])
+                   & ~_exact_valued(lat, b))
+            i, j = np.nonzero(cen)
+            if i.size == 0:
+                out[b] = "budget"
+                continue
+            v = lat.val[b, i, j]
+            order = np.argsort(-v, kind="stable")
+            w = np.exp(v[order] - v[order[0]])
+            n = max(min(CHECK_MIN, i.size), int(np.searchsorted(np.cumsum(w) / w.sum(), CHECK_MASS)) + 1)
+            sel = order[:min(n, i.size)]
+            if n_eval[b] + np.isnan(lat.ll[b, i[sel], j[sel]]).sum() > max_nodes:
+                out[b] = "budget"
+                continue
+            chosen[b, i[sel], j[sel]] = True
+            predicted[b] = (i[sel], j[sel], _correction_fn(lat, b)(lat.v(i[sel], j[sel])), v[sel])
+        self.exact(lat, chosen, n_eval)
+        for b, (i, j, approx, val) in predicted.items():
+            vv = lat.v(i, j)
+            fr = self.frames[b]
+            logw = val + np.log(warp_slope(vv, fr.a, fr.b)).sum(1)
+            with np.errstate(invalid="ignore"):
+                eps = (lat.ll[b, i, j] - lat.gl[b, i, j]) - approx
+            both = np.isneginf(lat.ll[b, i, j]) & ~np.isfinite(approx + lat.gl[b, i, j])
+            eps = np.where(both, 0.0, np.where(np.isfinite(eps), eps, np.inf))
+            out[b] = dict(z=fr.z(vv), weight=np.exp(logw - np.max(logw)), eps=eps)
+        return out
+
+
+def correction_error(check, summary) -> float:
+    """Error estimate of the corrected lattice from its check nodes (see :meth:`_Corrected.check`).
+
+    If the true log density is the corrected one plus e(z), a summary T moves to first order by
+    Cov_p(e, ψ_T), ψ_T its influence function, and |Cov_p(e, ψ_T)| <= sd_p(e) · sd_p(ψ_T). Both
+    sds are taken over the check nodes weighted by their cell masses, for every summary of the
+    error estimate (log-scale mean and sd, 5/50/95 % quantiles: ψ = (1{z <= q} − α) / f(q); natural
+    mean and sd), in posterior sds; the log mass moves by the weighted mean of e (nats). The largest
+    of these is returned: a bound that needs no cancellation, only that the check nodes (the
+    centres of the cells, where the interpolant is worst) sample e."""
+    if check is None:
+        return 0.0
+    if isinstance(check, str):
+        return float("inf")
+    eps, w, z = check["eps"], check["weight"], check["z"]
+    if not np.all(np.isfinite(eps)):
+        return float("inf")
+    w = w / w.sum()
+    mean_e = float(np.sum(w * eps))
+    sd_e = math.sqrt(max(float(np.sum(w * (eps - mean_e) ** 2)), 0.0))
+    worst = abs(mean_e)
+    for k in range(2):
+        sk = summary[k]
+        zk = z[:, k]
+        lsd = max(sk["log_sd"], 1e-300)
+        nsd = max(sk["sd"], 1e-300)
+        ez = np.exp(np.minimum(zk, 700.0))
+        psis = [(zk - sk["log_mean"]) / lsd, ((zk - sk["log_mean"]) ** 2 - lsd**2) / (2 * lsd**2),
+                (ez - sk["mean"]) / nsd, ((ez - sk["mean"]) ** 2 - nsd**2) / (2 * nsd**2)]
+        edges, cdf = sk["edges"], sk["cdf"]
+        dens = np.diff(cdf) / np.diff(edges)
+        for prob, q in zip(PROBS, sk["q"]):
+            f = dens[min(max(int(np.searchsorted(edges, q)) - 1, 0), dens.size - 1)]
+            psis.append(((zk <= q).astype(float) - prob) / max(f * lsd, 1e-300))
+        for psi in psis:
+            m = float(np.sum(w * psi))
+            worst = max(worst, sd_e * math.sqrt(max(float(np.sum(w * (psi - m) ** 2)), 0.0)))
+    return worst
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,13 +1101,15 @@ def _assess(val, err, h, R, fr, D, F):
 
 def _stencil_newton(ev, rep_idx, m, C, prior_lp, dz, steps, n_eval, max_nodes):
     """Newton on the model's log posterior with the 3×3 stencil (central differences, spacing dz)
-    in whitened coordinates. Moves m and re-whitens C in place; returns the last stencil's values
-    and error estimates (B, 3, 3), which belong to the returned (m, C) (nodes of the lattice)."""
+    in whitened coordinates. Moves m and re-whitens C in place; returns the last stencil's log
+    posterior values, error estimates and log-likelihood values (B, 3, 3), which belong to the
+    returned (m, C) (nodes of the lattice)."""
     B = m.shape[0]
     offs = np.array([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)], float) * dz
     active = np.ones(B, bool)
     vals = np.full((B, 3, 3), np.nan)
     errs = np.zeros((B, 3, 3))
+    lls = np.full((B, 3, 3), np.nan)
     for it in range(steps):
         rows = np.nonzero(active & (n_eval + 9 <= max_nodes))[0]
         if rows.size == 0:
@@ -778,6 +1121,7 @@ def _stencil_newton(ev, rep_idx, m, C, prior_lp, dz, steps, n_eval, max_nodes):
         n_eval[rows] += 9
         f = lp.reshape(-1, 3, 3)
         vals[rows], errs[rows] = f, np.where(np.isfinite(er), er, np.inf).reshape(-1, 3, 3)
+        lls[rows] = np.where(np.isfinite(ll), ll, -np.inf).reshape(-1, 3, 3)
         with np.errstate(invalid="ignore"):
             g = np.stack([(f[:, 2, 1] - f[:, 0, 1]) / (2 * dz), (f[:, 1, 2] - f[:, 1, 0]) / (2 * dz)], -1)
             hxx = (f[:, 2, 1] - 2 * f[:, 1, 1] + f[:, 0, 1]) / dz**2
@@ -801,8 +1145,8 @@ def _stencil_newton(ev, rep_idx, m, C, prior_lp, dz, steps, n_eval, max_nodes):
                 continue
             m[b] = m[b] + C[b] @ step
             C[b] = np.linalg.cholesky(C[b] @ (vec @ np.diag(1.0 / lam_f) @ vec.T) @ C[b].T)
-            vals[b], errs[b] = np.nan, 0.0  # moved: the old stencil is not on the new lattice
-    return vals, errs
+            vals[b], errs[b], lls[b] = np.nan, 0.0, np.nan  # moved: the old stencil is not on the new lattice
+    return vals, errs, lls
 
 
 _PRIOR_FNS: dict = {}
@@ -830,7 +1174,7 @@ def _signed(d) -> bool:
     return bool(d.support(jnp.asarray(-1.0)))
 
 
-def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Evaluator):
+def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Evaluator, ev_approx=None):
     B = rep_idx.size
     prior = model.prior
     D = float(cfg.log_density_drop)
@@ -871,27 +1215,53 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
     C = _whitening(nh)
 
     # 2. polish on the model's own likelihood (stencil Newton); 2b. half-axis extents -> warp
+    #    (on the corrected lattice probed on the approximation, shifted by the correction at the
+    #    centre: the extents shape the lattice only, the walk goes wherever the mass is)
     h = float(cfg.dz)
-    vals, errs = _stencil_newton(ev, rep_idx, m, C, prior_lp, h, cfg.polish_steps, n_eval, cfg.max_nodes)
+    k0 = int(cfg.exact_stride) if ev_approx is not None else 1
+    corrected = k0 > 1
+    vals, errs, lls = _stencil_newton(ev, rep_idx, m, C, prior_lp, h, cfg.polish_steps, n_eval, cfg.max_nodes)
     top = np.where(np.isfinite(vals).any((1, 2)), np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=(1, 2)),
                    -np.inf)
-    s_neg, s_pos = _half_axis_scales(ev, rep_idx, m, C, prior_lp, D, top, n_eval, cfg.max_nodes)
+    if corrected:
+        gl_c, _ = ev_approx(rep_idx, m[:, None, :])
+        shift = _finite_or(lls[:, 1, 1] - gl_c[:, 0], 0.0)
+        s_neg, s_pos = _half_axis_scales(ev_approx, rep_idx, m, C, prior_lp, D, top - shift, np.zeros(B, np.int64),
+                                         cfg.max_nodes)
+    else:
+        s_neg, s_pos = _half_axis_scales(ev, rep_idx, m, C, prior_lp, D, top, n_eval, cfg.max_nodes)
     r0 = math.sqrt(2.0 * D)
     a_w = np.vectorize(lambda s: _stretch(s * r0, r0))(s_pos)
     b_w = np.vectorize(lambda s: _stretch(s * r0, r0))(s_neg)
     frames = [_Frame(m[i], C[i], a_w[i], b_w[i]) for i in range(B)]
     R = int(math.ceil(cfg.max_radius / h))
-    R += R % 2  # even, so the sublattice of step 2h contains the centre
-    lat = _Lattice(B, h, R)
+    R += (-R) % (2 * k0)  # a multiple of 2·k0: the sublattices of steps 2h and k0·h contain the centre
+    lat = _Lattice(B, h, R, np.full(B, k0) if corrected else None)
     # the stencil's nodes are lattice nodes only where the warp is the identity near the centre
     same = (b_w == 0.0).all(1) & (a_w == 0.0).all(1)
     lat.val[same, R - 1:R + 2, R - 1:R + 2] = vals[same]
     lat.err[same, R - 1:R + 2, R - 1:R + 2] = errs[same]
+    corr_err = np.zeros(B)
+    checks = [None] * B
+    if corrected:
+        corr = _Corrected(ev, ev_approx, rep_idx, frames, prior_lp, cfg.exact_core_drop, D)
+        lat.ll[same, R - 1:R + 2, R - 1:R + 2] = lls[same]
+        placed = np.zeros(lat.val.shape, bool)
+        placed[same, R - 1:R + 2, R - 1:R + 2] = True
+        corr.approx(lat, placed)
+        corr.refresh(lat)
+        evaluate = corr
+    else:
+        evaluate = lambda lat_, pending, n_ev: _evaluate(ev, rep_idx, lat_, pending, frames, prior_lp, n_ev)
 
     # 3. walk; 4.-5. assess, refine the replicates above tolerance (a sub-batch each level)
-    capped = _walk(ev, rep_idx, lat, frames, prior_lp, D, cfg.max_nodes, n_eval, first=True)
+    capped = _walk(evaluate, lat, D, cfg.max_nodes, n_eval, first=True, trim=not corrected)
+    if corrected:
+        corr.refresh(lat)
+        checks = corr.check(lat, n_eval, cfg.max_nodes)
     results = [None] * B
     level_h = np.full(B, h)
+    stride = np.full(B, k0)
     cur = np.arange(B)  # replicates (of this batch) on the current lattice
     for level in range(cfg.max_refinements + 1):
         for r_, b in enumerate(cur):
@@ -904,20 +1274,43 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
             except (ValueError, np.linalg.LinAlgError) as err:
                 failed[b], errors[b] = True, f"quadrature summary failed: {err}"
                 continue
+            corr_err[b] = correction_error(checks[b], results[b]["full"])
+            results[b]["error"] += corr_err[b]
             level_h[b] = lat.h
+            stride[b] = 1 if lat.k is None else lat.k[r_]
         sel = np.array([results[b] is not None and not failed[b] and (results[b]["error"] > cfg.tolerance)
                         and n_eval[b] < cfg.max_nodes for b in cur], bool)
         if level == cfg.max_refinements or not sel.any():
             break
-        # halve the step for the replicates above tolerance: old node (i, j) -> (2i, 2j)
-        new = _Lattice(int(sel.sum()), lat.h / 2, 2 * lat.R)
-        new.val[:, ::2, ::2] = lat.val[sel]
-        new.err[:, ::2, ::2] = lat.err[sel]
+        # halve the step for the replicates above tolerance: old node (i, j) -> (2i, 2j). On the
+        # corrected lattice the exact sublattices keep their steps (stride 2k) unless the
+        # correction's interpolation is the larger share of the error: then they halve too
+        k_new = None
+        if corrected:
+            k_cur = lat.k[sel]
+            sb = cur[sel]
+            rest = np.array([results[b]["error"] for b in sb]) - corr_err[sb]
+            shrink = (corr_err[sb] > 0.5 * cfg.tolerance) & (corr_err[sb] >= rest) & (k_cur > 1)
+            k_new = np.where(shrink, k_cur, 2 * k_cur)
+        lat = lat.refined(sel, k_new)
         cur = cur[sel]
-        lat = new
         ne = n_eval[cur].copy()
-        capped[cur] = _walk(ev, rep_idx[cur], lat, [frames[i] for i in cur], prior_lp, D, cfg.max_nodes, ne,
-                            first=False)
+        sub_frames = [frames[i] for i in cur]
+        if corrected:
+            corr = _Corrected(ev, ev_approx, rep_idx[cur], sub_frames, prior_lp, cfg.exact_core_drop, D)
+            on = np.stack([_grid_mask(lat, int(lat.k[r_])) for r_ in range(cur.size)]) & np.isfinite(lat.gl)
+            corr.exact(lat, on, ne)  # the new sublattice nodes in the known region
+            corr.refresh(lat)
+            corr.core(lat, ne)
+            evaluate = corr
+        else:
+            sub_idx = rep_idx[cur]
+            evaluate = lambda lat_, pending, n_ev: _evaluate(ev, sub_idx, lat_, pending, sub_frames, prior_lp, n_ev)
+        capped[cur] = _walk(evaluate, lat, D, cfg.max_nodes, ne, first=False, trim=not corrected)
+        if corrected:
+            corr.refresh(lat)
+            for b, c in zip(cur, corr.check(lat, ne, cfg.max_nodes)):
+                checks[b] = c
         n_eval[cur] = ne
 
     # outputs: draws (inverse CDF on the fine grid), marginals, moments, fit statistics
@@ -967,7 +1360,20 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
             failed[b], errors[b] = True, "log marginal likelihood is not finite"
     return dict(draws=draws, marginals=marg, moments=mom, log_marginal_likelihood=log_z, error_estimate=err_est,
                 certified=certified, n_evaluations=n_eval, grid_step=level_h, boundary_mass=boundary,
-                failed=failed, error=errors)
+                correction_error=corr_err, exact_stride=stride, failed=failed, error=errors)
+
+
+def _approximation_model(model, approximation):
+    """The Model whose likelihood serves as the cheap approximation (None: no corrected lattice)."""
+    from ..models import Model, build_model
+
+    if approximation is None:
+        if model.name != "marginal":
+            return None
+        return build_model("gaussian", model.prior, model.y_noise)
+    if not callable(approximation):
+        raise ValueError(f"approximation must be a callable loglik(y, x, w, sx, sw) or None, got {approximation!r}")
+    return Model("approximation", None, model.prior, float(model.y_noise), False, approximation)
 
 
 def _check_data(data):
@@ -988,10 +1394,17 @@ def _check_data(data):
     return S
 
 
-def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfig(), progress=None) -> QuadratureResult:
-    """Quadrature posterior of ``model`` for every replicate of ``data`` (x (S,N,M), w (S,M), y (S,N))."""
+def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfig(), progress=None,
+              approximation=None) -> QuadratureResult:
+    """Quadrature posterior of ``model`` for every replicate of ``data`` (x (S,N,M), w (S,M), y (S,N)).
+
+    ``approximation``: a cheap approximation of the model's per-observation log-likelihood,
+    ``loglik(y, x, w, sx, sw) -> (N,)``, for the corrected lattice (``config.exact_stride`` > 1);
+    None: the Gaussian approximation for the ``marginal`` model, none for the others (their
+    likelihood is evaluated at every node)."""
     config.validate()
     check_quadrature_model(model)
+    approx_model = _approximation_model(model, approximation) if config.exact_stride > 1 else None
     S = _check_data(data)
     dtype = jnp.result_type(jnp.asarray(data["x"]).dtype, float)
     dev_data = {k: jnp.asarray(data[k], dtype) for k in ("x", "w", "y")}
@@ -1006,7 +1419,13 @@ def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfi
         kb, idx, device = args
         dd = dev_data if device is None else {k: jax.device_put(v, device) for k, v in dev_data.items()}
         ev = _Evaluator(model, dd, use_grid=config.exact_likelihood == "grid")
-        out = _integrate_batch(kb, model, dd, idx, config, ev)
+        if approx_model is None:
+            ev_approx = None
+        elif approx_model.name == "gaussian":
+            ev_approx = _GaussianEvaluator(dd, approx_model.y_noise)
+        else:
+            ev_approx = _Evaluator(approx_model, dd)
+        out = _integrate_batch(kb, model, dd, idx, config, ev, ev_approx)
         out["compile_time"] = ev.compile_time
         done[0] += idx.size
         if progress is not None:
@@ -1030,7 +1449,8 @@ def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfi
                  for p in params},
         log_marginal_likelihood=cat("log_marginal_likelihood"), error_estimate=cat("error_estimate"),
         certified=cat("certified"), n_evaluations=cat("n_evaluations"), grid_step=cat("grid_step"),
-        boundary_mass=cat("boundary_mass"), failed=cat("failed"), error=sum((o["error"] for o in outs), []),
+        boundary_mass=cat("boundary_mass"), correction_error=cat("correction_error"),
+        exact_stride=cat("exact_stride"), failed=cat("failed"), error=sum((o["error"] for o in outs), []),
         compile_time=float(sum(o["compile_time"] for o in outs)),
     )
 
