@@ -113,23 +113,38 @@ def accuracy(a, partial=None) -> dict:
     nuts = get_method("nuts", num_warmup=a.long_warmup, num_samples=a.long_samples, num_chains=4,
                       chain_method="vectorized")
     rows = []
+    only = {int(c) for c in a.cases.split(",") if c.strip()}
     for ci, (pname, prior, M, degenerate) in enumerate(cases):
+        if only and ci not in only:
+            continue
         data, truth = replicates(prior, per_case, a.acc_obs, M, seed=1000 + ci, degenerate=degenerate)
         model = build_model("marginal", prior)
+        # the long NUTS reference is kept per case (its log draws), so the quadrature can be
+        # re-assessed against it without rerunning NUTS (--reference-dir)
+        cache = Path(a.reference_dir) / f"case{ci}_{pname}_M{M}_deg{int(degenerate)}_N{a.acc_obs}_S{per_case}.npz"
+        if cache.exists():
+            z_ref = np.load(cache)
+            ref_z = {p: z_ref[p] for p in PARAMS}
+            ref_failed, tn = z_ref["failed"], float(z_ref["seconds"])
+        else:
+            t0 = time.perf_counter()
+            ref = nuts.fit(jax.random.PRNGKey(100 + ci), model, data)
+            tn = time.perf_counter() - t0
+            ref_z = {p: np.log(np.abs(np.asarray(ref.samples[p]))) for p in PARAMS}  # (S, chain, draw)
+            ref_failed = np.asarray(ref.failed)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, failed=ref_failed, seconds=tn, **ref_z)
         t0 = time.perf_counter()
         exact = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(num_draws=100))
         tq = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ref = nuts.fit(jax.random.PRNGKey(100 + ci), model, data)
-        tn = time.perf_counter() - t0
         eq = posterior_quantiles(exact, PROBS)
         for s in range(per_case):
             row = {"prior": pname, "M": M, "degenerate": degenerate, "truth": truth[s].tolist(),
                    "certified": bool(exact.certified[s]), "error_estimate": float(exact.error_estimate[s]),
-                   "n_evaluations": int(exact.n_evaluations[s]), "nuts_failed": bool(ref.failed[s]),
+                   "n_evaluations": int(exact.n_evaluations[s]), "nuts_failed": bool(ref_failed[s]),
                    "quad_seconds_per_fit": tq / per_case, "nuts_seconds_per_fit": tn / per_case, "params": {}}
             for p in PARAMS:
-                z = np.log(np.abs(np.asarray(ref.samples[p][s])))  # (chain, draw)
+                z = ref_z[p][s]  # (chain, draw) log draws
                 sd = float(exact.moments[p]["log_sd"][s])
                 entry = {"exact_log_sd": sd, "quantiles": []}
                 for k, prob in enumerate(PROBS):
@@ -177,6 +192,9 @@ def main():
     p.add_argument("--acc-obs", type=int, default=200)
     p.add_argument("--long-warmup", type=int, default=1000)
     p.add_argument("--long-samples", type=int, default=5000, help="per chain (4 chains)")
+    p.add_argument("--reference-dir", default=str(ROOT / "benchmarks" / "results" / "nuts_reference"),
+                   help="accuracy: where the long NUTS runs' log draws are kept per case (reused if present)")
+    p.add_argument("--cases", default="", help="accuracy: comma-separated case indices to run (default all 8)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
     p.add_argument("--out")
     a = p.parse_args()

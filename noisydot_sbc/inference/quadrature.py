@@ -677,6 +677,7 @@ def _walk(evaluate, lat, D, max_nodes, n_eval, first, trim=True):
 
 CHECK_MASS = 0.999  # the check nodes: centres of the core cells holding this share of the mass
 CHECK_MIN = 4       # ... and at least this many
+CHECK_MAX = 12      # ... and at most this many: beyond, one node per stratum of equal mass, weighted by it
 
 
 def _grid_mask(lat, k, offset=0):
@@ -839,8 +840,9 @@ class _Corrected:
         """The interpolant's error at check nodes: the centres of the core sublattice's cells
         (stride k/2; for k = 2 the centres of the stride-2 cells) that hold CHECK_MASS of the
         posterior mass (at least CHECK_MIN), where a cubic interpolant's error is largest.
+        Beyond CHECK_MAX candidates, one node per stratum of equal mass, weighted by the stratum.
         Per replicate: None (stride 1: no correction), ``"budget"`` (node budget spent: no
-        estimate) or dict(z (n, 2), weight (n,) cell masses, eps (n,) = Δ − Δ̂ in nats), Δ̂ the
+        estimate) or dict(z (n, 2), weight (n,) mass shares, eps (n,) = Δ − Δ̂ in nats), Δ̂ the
         interpolant before the check nodes were evaluated."""
         B = lat.val.shape[0]
         out = [None] * B
@@ -860,18 +862,28 @@ class _Corrected:
             v = lat.val[b, i, j]
             order = np.argsort(-v, kind="stable")
             w = np.exp(v[order] - v[order[0]])
-            n = max(min(CHECK_MIN, i.size), int(np.searchsorted(np.cumsum(w) / w.sum(), CHECK_MASS)) + 1)
-            sel = order[:min(n, i.size)]
+            cum = np.cumsum(w) / w.sum()
+            n = min(max(min(CHECK_MIN, i.size), int(np.searchsorted(cum, CHECK_MASS)) + 1), i.size)
+            if n <= CHECK_MAX:
+                sel, share = order[:n], w[:n] / w[:n].sum()
+            else:  # strata of equal mass among the n heaviest; in each its heaviest node, weighted by the stratum
+                edges = np.linspace(0.0, cum[n - 1], CHECK_MAX + 1)
+                first = np.searchsorted(cum[:n], edges[:-1], side="right")
+                first = np.unique(np.minimum(first, n - 1))
+                last = np.append(first[1:], n)
+                sel = order[first]
+                share = np.array([w[f:l].sum() for f, l in zip(first, last)])
+                share = share / share.sum()
             if n_eval[b] + np.isnan(lat.ll[b, i[sel], j[sel]]).sum() > max_nodes:
                 out[b] = "budget"
                 continue
             chosen[b, i[sel], j[sel]] = True
-            predicted[b] = (i[sel], j[sel], _correction_fn(lat, b)(lat.v(i[sel], j[sel])), v[sel])
+            predicted[b] = (i[sel], j[sel], _correction_fn(lat, b)(lat.v(i[sel], j[sel])), share)
         self.exact(lat, chosen, n_eval)
-        for b, (i, j, approx, val) in predicted.items():
+        for b, (i, j, approx, share) in predicted.items():
             vv = lat.v(i, j)
             fr = self.frames[b]
-            logw = val + np.log(warp_slope(vv, fr.a, fr.b)).sum(1)
+            logw = np.log(share) + np.log(warp_slope(vv, fr.a, fr.b)).sum(1)
             with np.errstate(invalid="ignore"):
                 eps = (lat.ll[b, i, j] - lat.gl[b, i, j]) - approx
             both = np.isneginf(lat.ll[b, i, j]) & ~np.isfinite(approx + lat.gl[b, i, j])
