@@ -354,3 +354,21 @@ def test_corrected_lattice_on_the_exact_marginal_model_matches_the_exact_likelih
     np.testing.assert_allclose(cor.log_marginal_likelihood, ful.log_marginal_likelihood, atol=0.01)
     assert cor.n_evaluations.sum() < 0.7 * ful.n_evaluations.sum(), (cor.n_evaluations, ful.n_evaluations)
     assert np.all(cor.exact_stride >= 2) and np.all(cor.correction_error > 0)
+
+
+@pytest.mark.parametrize("y_noise", [0.0, 0.05])
+def test_gaussian_approximation_from_sufficient_statistics_matches_gaussian_logpdf(y_noise):
+    """The corrected lattice's approximation (O(N) per point from μ_n, A_n, B) equals the summed
+    gaussian_logpdf at every point, replicate and readout noise."""
+    from noisydot_sbc.inference.quadrature import _GaussianEvaluator
+
+    data, truth = _data(STRONG, 3, 40, 4, seed=2)
+    ev = _GaussianEvaluator(data, y_noise)
+    z = np.log(np.abs(truth))[:, None, :] + np.random.default_rng(0).normal(0.0, 0.5, (3, 7, 2))
+    got, err = ev(np.arange(3), z)
+    for b in range(3):
+        for k in range(7):
+            sx, sw = np.exp(z[b, k])
+            ref = float(jnp.sum(gaussian_logpdf(data["y"][b], data["x"][b], data["w"][b], sx, sw, y_noise)))
+            assert abs(got[b, k] - ref) < 1e-9 * max(1.0, abs(ref))
+    assert np.all(err == 0)
