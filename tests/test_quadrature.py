@@ -337,6 +337,7 @@ def test_corrected_lattice_recovers_the_exact_posterior_or_says_it_cannot(amplit
     assert full.certified.all() and (full.correction_error == 0).all() and (full.exact_stride == 1).all()
 
 
+@pytest.mark.slow  # ~45 s (the exact likelihood's compilation at a new shape); the ridge tests above cover the same code
 def test_corrected_lattice_on_the_exact_marginal_model_matches_the_exact_likelihood_everywhere():
     """NoisyDot (marginal) with the Gaussian approximation corrected on a stride-4 sublattice
     against the exact likelihood at every node: the same posterior within the two error

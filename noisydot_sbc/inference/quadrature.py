@@ -766,6 +766,15 @@ class _Corrected:
     def __init__(self, ev, ev_approx, rep_idx, frames, prior_lp, core_drop, drop):
         self.ev, self.ev_approx, self.rep_idx, self.frames, self.prior_lp = ev, ev_approx, rep_idx, frames, prior_lp
         self.core_drop, self.drop = float(core_drop), float(drop)
+        self._fns = {}       # replicate -> its current Δ̂ (rebuilt only after new exact values)
+        self._fresh = set()  # replicates whose values off the exact nodes all come from that Δ̂
+
+    def correction(self, lat, b):
+        fn = self._fns.get(b)
+        if fn is None:
+            fn = self._fns[b] = _correction_fn(lat, b)
+            self._fresh.discard(b)
+        return fn
 
     def exact(self, lat, mask, n_eval):
         """Exact (and approximate) values at the nodes ``mask`` not yet evaluated exactly."""
@@ -775,6 +784,7 @@ class _Corrected:
             lat.ll[b, i, j] = _finite_or(ll, -np.inf)
             lat.err[b, i, j] = _finite_or(err, np.inf)
             n_eval[b] += i.size
+            self._fns.pop(b, None)
             on = _exact_valued(lat, b)[i, j]
             lat.val[b, i[on], j[on]] = _finite_or(lat.ll[b, i[on], j[on]] + lat.lp[b, i[on], j[on]], -np.inf)
 
@@ -787,12 +797,15 @@ class _Corrected:
     def refresh(self, lat, rows=None):
         """val = approximation + Δ̂ + log prior at every evaluated node without an exact value."""
         for b in range(lat.val.shape[0]) if rows is None else rows:
+            fn = self.correction(lat, b)
             off = ~np.isnan(lat.gl[b]) & ~_exact_valued(lat, b)
+            if b in self._fresh:  # the same Δ̂ as last time: only the nodes evaluated since
+                off &= np.isnan(lat.val[b])
+            self._fresh.add(b)
             if not off.any():
                 continue
             i, j = np.nonzero(off)
-            corr = _correction_fn(lat, b)(lat.v(i, j))
-            lat.val[b, i, j] = _finite_or(lat.gl[b, i, j] + corr + lat.lp[b, i, j], -np.inf)
+            lat.val[b, i, j] = _finite_or(lat.gl[b, i, j] + fn(lat.v(i, j)) + lat.lp[b, i, j], -np.inf)
 
     def __call__(self, lat, pending, n_eval):
         self.approx(lat, pending)
@@ -878,7 +891,7 @@ class _Corrected:
                 out[b] = "budget"
                 continue
             chosen[b, i[sel], j[sel]] = True
-            predicted[b] = (i[sel], j[sel], _correction_fn(lat, b)(lat.v(i[sel], j[sel])), share)
+            predicted[b] = (i[sel], j[sel], self.correction(lat, b)(lat.v(i[sel], j[sel])), share)
         self.exact(lat, chosen, n_eval)
         for b, (i, j, approx, share) in predicted.items():
             vv = lat.v(i, j)
