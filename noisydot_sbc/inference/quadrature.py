@@ -687,6 +687,15 @@ def _grid_mask(lat, k, offset=0):
     return m
 
 
+def _within(lat, b, drop):
+    """(G, G) bool: replicate b's nodes whose log posterior is finite and within ``drop`` of the
+    highest value known (all False where none is finite)."""
+    fin = np.isfinite(lat.val[b])
+    if not fin.any():
+        return fin
+    return fin & (np.where(fin, lat.val[b], -np.inf) > np.max(lat.val[b][fin]) - drop)
+
+
 def _exact_valued(lat, b):
     """(G, G) bool: the nodes whose value is the exact log posterior: the outer sublattice (stride
     k), and the core sublattice (stride k/2) where it was evaluated."""
@@ -695,6 +704,14 @@ def _exact_valued(lat, b):
     if k > 1:
         m |= _grid_mask(lat, k // 2) & ~np.isnan(lat.ll[b])
     return m
+
+
+def _known_box(known, step, centre):
+    """The bounding box of the known nodes of a square grid (index ``centre`` at coordinate 0,
+    spacing ``step``): (row slice, column slice, row coordinates, column coordinates)."""
+    rows, cols = np.nonzero(known.any(1))[0], np.nonzero(known.any(0))[0]
+    ra, ca = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    return ra, ca, (np.arange(ra.start, ra.stop) - centre) * step, (np.arange(ca.start, ca.stop) - centre) * step
 
 
 def _grid_spline(d, step):
@@ -707,11 +724,8 @@ def _grid_spline(d, step):
     if (~known).any():
         _, (ni, nj) = ndimage.distance_transform_edt(~known, return_indices=True)
         d = d[ni, nj]
-    rows, cols = np.nonzero(known.any(1))[0], np.nonzero(known.any(0))[0]
-    a0, a1, b0, b1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    c = (d.shape[0] - 1) // 2
-    ua, ub = (np.arange(a0, a1) - c) * step, (np.arange(b0, b1) - c) * step
-    box = d[a0:a1, b0:b1]
+    ra, ca, ua, ub = _known_box(known, step, (d.shape[0] - 1) // 2)
+    box = d[ra, ca]
     if ua.size == 1 and ub.size == 1:
         return lambda v: np.full(v.shape[0], box[0, 0])
     if ua.size == 1 or ub.size == 1:  # one row or column of known nodes: interpolate along it
@@ -814,10 +828,8 @@ class _Corrected:
         need = np.zeros_like(pending)
         R = lat.R
         for b in rows:
-            fin = np.isfinite(lat.val[b])
-            if np.isfinite(lat.ll[b]).any() and fin.any():
-                top = np.max(lat.val[b][fin])
-                i, j = np.nonzero(pending[b] & (np.where(fin, lat.val[b], -np.inf) > top - self.drop - 2.0))
+            if np.isfinite(lat.ll[b]).any() and np.isfinite(lat.val[b]).any():
+                i, j = np.nonzero(pending[b] & _within(lat, b, self.drop + 2.0))
             else:  # no finite exact value yet (the stencil was not placed): every pending node's corners
                 i, j = np.nonzero(pending[b])
             k = int(lat.k[b])
@@ -838,12 +850,10 @@ class _Corrected:
             need = np.zeros(lat.val.shape, bool)
             for b in rows:
                 k = int(lat.k[b])
-                fin = np.isfinite(lat.val[b])
-                if k == 1 or not fin.any():
+                if k == 1:
                     continue
-                top = np.max(lat.val[b][fin])
                 need[b] = (_grid_mask(lat, k // 2) & np.isnan(lat.ll[b]) & ~np.isnan(lat.gl[b])
-                           & (np.where(fin, lat.val[b], -np.inf) > top - self.core_drop))
+                           & _within(lat, b, self.core_drop))
             if not need.any():
                 return
             self.exact(lat, need, n_eval)
@@ -965,20 +975,15 @@ def _spline_logdens(val, h, R, D):
     finite = np.isfinite(val)
     if not finite.any():
         raise ValueError("no finite node")
-    G = val.shape[0]
-    idx = np.arange(G) - R
     top = np.max(val[finite])
     v = np.where(known, np.maximum(val, top - D - 60.0), np.nan)  # zero likelihood: a finite very low value
     if (~known).any():
         dist, (ni, nj) = ndimage.distance_transform_edt(~known, return_indices=True)
         v = np.where(known, v, np.minimum(v[ni, nj], top - D) - 3.0 * dist)
-    rows = np.nonzero(known.any(1))[0]
-    cols = np.nonzero(known.any(0))[0]
-    a0, a1, b0, b1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    ua, ub = idx[a0:a1] * h, idx[b0:b1] * h
+    ra, ca, ua, ub = _known_box(known, h, R)
     if len(ua) < 2 or len(ub) < 2:
         raise ValueError("fewer than 2 known nodes along an axis")
-    spl = RectBivariateSpline(ua, ub, v[a0:a1, b0:b1], kx=min(3, len(ua) - 1), ky=min(3, len(ub) - 1), s=0)
+    spl = RectBivariateSpline(ua, ub, v[ra, ca], kx=min(3, len(ua) - 1), ky=min(3, len(ub) - 1), s=0)
     return spl, ((ua[0], ua[-1]), (ub[0], ub[-1]))
 
 
@@ -1146,7 +1151,7 @@ def _stencil_newton(ev, rep_idx, m, C, prior_lp, dz, steps, n_eval, max_nodes):
         n_eval[rows] += 9
         f = lp.reshape(-1, 3, 3)
         vals[rows], errs[rows] = f, np.where(np.isfinite(er), er, np.inf).reshape(-1, 3, 3)
-        lls[rows] = np.where(np.isfinite(ll), ll, -np.inf).reshape(-1, 3, 3)
+        lls[rows] = _finite_or(ll, -np.inf).reshape(-1, 3, 3)
         with np.errstate(invalid="ignore"):
             g = np.stack([(f[:, 2, 1] - f[:, 0, 1]) / (2 * dz), (f[:, 1, 2] - f[:, 1, 0]) / (2 * dz)], -1)
             hxx = (f[:, 2, 1] - 2 * f[:, 1, 1] + f[:, 0, 1]) / dz**2
