@@ -209,7 +209,7 @@ def check_quadrature_model(model):
 
 
 def _params():
-    from ..models import PARAMS
+    from ...models import PARAMS
 
     return tuple(PARAMS)
 
@@ -260,13 +260,13 @@ def _point_loglik(model):
     """(y (N,), x (N, M), w (M,), sx, sw) -> (total loglik, its error estimate) for one point."""
     y_noise = float(model.y_noise)
     if model.name == "marginal":
-        from ..likelihoods import noisydot_logpdf_with_error
+        from ...likelihoods import noisydot_logpdf_with_error
 
         def f(y, x, w, sx, sw):
             r = noisydot_logpdf_with_error(y, x, w, sx, sw, y_noise)
             return jnp.sum(r.logp), jnp.sum(r.err)
     elif model.name == "gaussian":
-        from ..likelihoods import gaussian_logpdf
+        from ...likelihoods import gaussian_logpdf
 
         def f(y, x, w, sx, sw):
             return jnp.sum(gaussian_logpdf(y, x, w, sx, sw, y_noise)), jnp.zeros((), x.dtype)
@@ -302,7 +302,7 @@ class _Evaluator:
         self.grid = None
         if model.name == "marginal" and use_grid:
             try:
-                from ..likelihoods import loglik_grid
+                from ...likelihoods import loglik_grid
                 self.grid = loglik_grid
             except ImportError:
                 self.grid = None
@@ -404,7 +404,7 @@ def _prior_key(prior):
 
 
 def _traced_prior(fams, pp):
-    from ..priors import Prior, ScalePrior
+    from ...priors import Prior, ScalePrior
 
     return Prior("traced", ScalePrior(fams[0], pp[0], pp[1]), ScalePrior(fams[1], pp[2], pp[3]))
 
@@ -1217,7 +1217,7 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
     #    likelihood is closed-form; the exact likelihood's derivatives are too costly here)
     dt = data["x"].dtype
     if model.name == "marginal":
-        from ..likelihoods import gaussian_logpdf
+        from ...likelihoods import gaussian_logpdf
 
         y_noise = float(model.y_noise)
         seed_key = ("gaussian", y_noise)
@@ -1395,7 +1395,7 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: _Eval
 
 def _approximation_model(model, approximation):
     """The Model whose likelihood serves as the cheap approximation (None: no corrected lattice)."""
-    from ..models import Model, build_model
+    from ...models import Model, build_model
 
     if approximation is None:
         if model.name != "marginal":
@@ -1525,7 +1525,7 @@ class Quadrature:
         self.config = base.validate()
 
     def fit(self, key, model, data: dict, progress=None):
-        from . import Posterior, StatSpec
+        from .. import Posterior, StatSpec
 
         t0 = time.perf_counter()
         res = integrate(key, model, data, self.config, progress)
@@ -1548,7 +1548,7 @@ class Quadrature:
 
 def _has_loglik_grid() -> bool:
     try:
-        from ..likelihoods import loglik_grid  # noqa: F401
+        from ...likelihoods import loglik_grid  # noqa: F401
         return True
     except ImportError:
         return False
