@@ -160,8 +160,8 @@ def test_polar_pass_converges_and_its_estimate_is_honest():
     ys = np.array([-0.8, 0.0, 0.6])
     ref = np.log([ref_m2(y, x, w, sx, sw) for y in ys])
     X = jnp.tile(x, (len(ys), 1))
-    coarse = L._polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 32)
-    fine = L._polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 128)
+    coarse = L.polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 32)
+    fine = L.polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 128)
     for res in (coarse, fine):
         err = np.abs(np.asarray(res.logp) - ref)
         assert np.all(err <= np.maximum(np.asarray(res.err_disc), np.asarray(res.err_tail)) + 1e-12)
@@ -178,7 +178,7 @@ def ref_m3(y, x, w, sx, sw):
     for k in np.argsort(-np.abs(w)):
         rest = [i for i in range(3) if i != k]
         x2, w2 = jnp.asarray(x[None, rest]), jnp.asarray(w[rest])
-        inner = jax.jit(lambda yy, y2: jnp.stack([L._polar_m2_pass(yy, x2, w2, sx, sw, y2, n).logp[0] for n in (256, 384)]))
+        inner = jax.jit(lambda yy, y2: jnp.stack([L.polar_m2_pass(yy, x2, w2, sx, sw, y2, n).logp[0] for n in (256, 384)]))
         worst = [0.0]
 
         def f(u):
@@ -219,11 +219,11 @@ def ref_vertical_line(ys, x, w, sx, sw, h=0.25, t_max=2e4):
     that a test can check the reference itself has converged."""
     X = jnp.tile(jnp.asarray(x), (len(ys), 1))
     ys = jnp.asarray(ys)
-    c2, mu, v = L._term_params(X, jnp.asarray(w), sx, sw)
+    c2, mu, v = L.term_params(X, jnp.asarray(w), sx, sw)
     delta = ys - jnp.sum(mu, axis=-1)
-    s_hat, k2 = L._saddlepoint_from_terms(delta, c2, mu, v, 0.0, 60, return_k2=True)
-    k0, _, _ = L._cgf_derivs(s_hat, c2, mu, v, 0.0)
-    return [np.asarray(L._fourier_pass(delta, s_hat, k0, k2, c2, mu, v, 0.0, h, int(t / h) + 1).logp)
+    s_hat, k2 = L.saddlepoint_from_terms(delta, c2, mu, v, 0.0, 60, return_k2=True)
+    k0, _, _ = L.cgf_derivs(s_hat, c2, mu, v, 0.0)
+    return [np.asarray(L.fourier_pass(delta, s_hat, k0, k2, c2, mu, v, 0.0, h, int(t / h) + 1).logp)
             for t in (t_max / 4, t_max)]
 
 
@@ -244,13 +244,13 @@ def test_tilted_pass_is_contour_independent_and_its_estimate_is_honest():
     x, w, sx, sw = np.array([0.209, -0.355, -0.199]), np.array([-1.17, 0.035, -0.496]), 0.5, 0.3
     ys = np.concatenate([_ys(x, w, sx, sw, [-8, -2, 0.4, 8]), [0.0, 1e-4]])
     X = jnp.tile(jnp.asarray(x), (len(ys), 1))
-    c2, mu, v = L._term_params(X, jnp.asarray(w), sx, sw)
+    c2, mu, v = L.term_params(X, jnp.asarray(w), sx, sw)
     delta = jnp.asarray(ys) - jnp.sum(mu, axis=-1)
-    s_hat, k2 = L._saddlepoint_from_terms(delta, c2, mu, v, 0.0, 60, return_k2=True)
-    k0, _, _ = L._cgf_derivs(s_hat, c2, mu, v, 0.0)
+    s_hat, k2 = L.saddlepoint_from_terms(delta, c2, mu, v, 0.0, 60, return_k2=True)
+    k0, _, _ = L.cgf_derivs(s_hat, c2, mu, v, 0.0)
 
     def run(h, **kw):
-        return L._tilted_pass(jnp.asarray(ys), delta, s_hat, k0, jnp.sqrt(k2), c2, mu, v, 0.0, h, 28.0, **kw)
+        return L.tilted_pass(jnp.asarray(ys), delta, s_hat, k0, jnp.sqrt(k2), c2, mu, v, 0.0, h, 28.0, **kw)
 
     fine = [run(0.05, kappa=k, t0=t0) for k, t0 in [(0.75, 3.0), (0.4, 1.0), (1.0, 6.0)]]
     for other in fine[1:]:
@@ -273,8 +273,8 @@ def test_grouped_logarithm_with_a_failed_branch_check_is_never_accepted():
     ys = _ys(x, w, sx, sw, [-8, -6, 6, 8])
     short, ref = ref_vertical_line(ys, x, w, sx, sw, h=0.2, t_max=400.0)
     assert np.max(np.abs(short - ref)) < 1e-12
-    c2, mu, v = L._term_params(jnp.tile(jnp.asarray(x), (len(ys), 1)), jnp.asarray(w), sx, sw)
-    s_hat = L._saddlepoint_from_terms(jnp.asarray(ys) - jnp.sum(mu, axis=-1), c2, mu, v, 0.0, 6)
+    c2, mu, v = L.term_params(jnp.tile(jnp.asarray(x), (len(ys), 1)), jnp.asarray(w), sx, sw)
+    s_hat = L.saddlepoint_from_terms(jnp.asarray(ys) - jnp.sum(mu, axis=-1), c2, mu, v, 0.0, 6)
     groups = np.sqrt(np.asarray(c2)).reshape(2, 8).sum(-1)
     assert np.any(groups.max() * np.abs(np.asarray(s_hat)) > 1.9)    # the case this test is about
     res = L.noisydot_logpdf_with_error(jnp.asarray(ys), jnp.tile(x, (len(ys), 1)), w, sx, sw)
