@@ -361,10 +361,10 @@ def test_corrected_lattice_on_the_exact_marginal_model_matches_the_exact_likelih
 def test_gaussian_approximation_from_sufficient_statistics_matches_gaussian_logpdf(y_noise):
     """The corrected lattice's approximation (O(N) per point from μ_n, A_n, B) equals the summed
     gaussian_logpdf at every point, replicate and readout noise."""
-    from noisydot_sbc.inference.quadrature import _GaussianEvaluator
+    from noisydot_sbc.inference.quadrature import GaussianEvaluator
 
     data, truth = _data(STRONG, 3, 40, 4, seed=2)
-    ev = _GaussianEvaluator(data, y_noise)
+    ev = GaussianEvaluator(data, y_noise)
     z = np.log(np.abs(truth))[:, None, :] + np.random.default_rng(0).normal(0.0, 0.5, (3, 7, 2))
     got, err = ev(np.arange(3), z)
     for b in range(3):
