@@ -45,6 +45,11 @@ class QuadratureConfig:
         power of 2; 1: the exact likelihood at every node (no approximation used).
     exact_core_drop: where the log posterior is within this many nats of the top (the core, ~99.75 %
         of the mass), the exact likelihood is evaluated on the sublattice of half the stride.
+    exact_fallback: a replicate that the corrected lattice leaves uncertified because of the
+        correction's own error (``correction_error`` above the tolerance: the approximation is too
+        far from the exact likelihood, as in heavy noise at M = 1) is integrated again with the
+        exact likelihood at every node (its ``exact_stride`` is then 1; ``n_evaluations`` counts
+        both attempts). False: report the corrected lattice's uncertified result.
     """
 
     name: str = "quadrature"
@@ -63,6 +68,7 @@ class QuadratureConfig:
     exact_likelihood: str = "grid"
     exact_stride: int = 4
     exact_core_drop: float = 6.0
+    exact_fallback: bool = True
 
     def validate(self) -> "QuadratureConfig":
         if self.name != "quadrature":
@@ -83,6 +89,8 @@ class QuadratureConfig:
         k = self.exact_stride
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 or (k & (k - 1)):
             raise ValueError(f"exact_stride must be a power of 2 (1, 2, 4, ...), got {k!r}")
+        if not isinstance(self.exact_fallback, (bool, np.bool_)):
+            raise ValueError(f"exact_fallback must be true or false, got {self.exact_fallback!r}")
         if self.exact_likelihood not in ("grid", "map"):
             raise ValueError(f"exact_likelihood must be 'grid' or 'map', got {self.exact_likelihood!r}")
         if self.chain_method not in CHAIN_METHODS:

@@ -165,7 +165,11 @@ class Corrected:
         R = lat.R
         for b in rows:
             if np.isfinite(lat.ll[b]).any() and np.isfinite(lat.val[b]).any():
-                i, j = np.nonzero(pending[b] & _within(lat, b, self.drop + 2.0))
+                # a pending node that carries an exact value itself (on the outer sublattice) has no
+                # value until it is evaluated exactly: it is always its own corner, or the walk
+                # would find it pending again, round after round, and never end
+                own = pending[b] & _exact_valued(lat, b) & np.isnan(lat.val[b])
+                i, j = np.nonzero((pending[b] & _within(lat, b, self.drop + 2.0)) | own)
             else:  # no finite exact value yet (the stencil was not placed): every pending node's corners
                 i, j = np.nonzero(pending[b])
             k = int(lat.k[b])

@@ -266,6 +266,22 @@ def _check_data(data):
     return S
 
 
+def _replace_rows(out, rows, new):
+    """Rows ``rows`` of every per-replicate array in the nested dict ``out`` (arrays and lists with
+    a leading replicate axis) replaced by those of ``new`` (the same structure, len(rows) rows)."""
+    for name, value in new.items():
+        if isinstance(value, dict):
+            _replace_rows(out[name], rows, value)
+        elif isinstance(value, tuple):
+            for a, b in zip(out[name], value):
+                a[rows] = b
+        elif isinstance(value, list):
+            for r, v in zip(rows, value):
+                out[name][r] = v
+        else:
+            out[name][rows] = value
+
+
 def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfig(), progress=None,
               approximation=None) -> QuadratureResult:
     """Quadrature posterior of ``model`` for every replicate of ``data`` (x (S,N,M), w (S,M), y (S,N)).
@@ -301,6 +317,15 @@ def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfi
         else:
             ev_approx = Evaluator(approx_model, dd)
         out = _integrate_batch(kb, model, dd, idx, config, ev, ev_approx)
+        if ev_approx is not None and config.exact_fallback:
+            # where the correction's own error keeps a replicate uncertified (the approximation is
+            # far from the exact likelihood: heavy noise under a weak prior, M = 1), integrate it
+            # again with the exact likelihood at every node; its cost counts both attempts
+            redo = np.nonzero(~out["certified"] & ~out["failed"] & (out["correction_error"] > config.tolerance))[0]
+            if redo.size:
+                again = _integrate_batch(jax.random.fold_in(kb, 1), model, dd, idx[redo], config, ev, None)
+                again["n_evaluations"] = again["n_evaluations"] + out["n_evaluations"][redo]
+                _replace_rows(out, redo, again)
         out["compile_time"] = getattr(ev, "compile_time", 0.0)
         done[0] += idx.size
         if progress is not None:
