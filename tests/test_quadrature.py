@@ -406,3 +406,18 @@ def test_gaussian_approximation_from_sufficient_statistics_matches_gaussian_logp
             ref = float(jnp.sum(gaussian_logpdf(data["y"][b], data["x"][b], data["w"][b], sx, sw, y_noise)))
             assert abs(got[b, k] - ref) < 1e-9 * max(1.0, abs(ref))
     assert np.all(err == 0)
+
+
+def test_walk_dilation_matches_scipy_binary_dilation():
+    """The walk's frontier (a 3×3 box dilation per replicate, edges included) equals
+    scipy.ndimage.binary_dilation with a (1, 3, 3) structure, the independent reference."""
+    from scipy import ndimage
+
+    from noisydot_sbc.inference.quadrature.lattice import dilate8
+
+    rng = np.random.default_rng(5)
+    for shape, p in (((3, 9, 9), 0.05), ((2, 41, 41), 0.01), ((1, 5, 5), 0.5)):
+        m = rng.random(shape) < p
+        m[0, 0, 0] = m[-1, -1, -1] = True  # corners: the dilation must not wrap around
+        ref = ndimage.binary_dilation(m, structure=np.ones((1, 3, 3), bool))
+        np.testing.assert_array_equal(dilate8(m), ref)

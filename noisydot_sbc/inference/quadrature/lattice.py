@@ -145,7 +145,17 @@ class Lattice:
         return self.h * np.stack([i - self.R, j - self.R], axis=-1)
 
 
-_EIGHT = np.ones((1, 3, 3), bool)
+def dilate8(mask):
+    """(B, G, G) bool: the nodes of ``mask`` and their 8-neighbours, per replicate (a 3×3 box
+    dilation as two shifted ORs per axis: what ``ndimage.binary_dilation`` with a (1, 3, 3)
+    structure computes, ~10x faster on these arrays, where the walk spends one per round)."""
+    rows = mask.copy()
+    rows[:, 1:, :] |= mask[:, :-1, :]
+    rows[:, :-1, :] |= mask[:, 1:, :]
+    out = rows.copy()
+    out[:, :, 1:] |= rows[:, :, :-1]
+    out[:, :, :-1] |= rows[:, :, 1:]
+    return out
 
 
 def at_nodes(ev, rep_idx, lat, mask, frames, prior_lp):
@@ -220,7 +230,7 @@ def walk(evaluate, lat, D, max_nodes, n_eval, first, trim=True):
         top = np.max(np.where(known, lat.val, -np.inf).reshape(B, -1), axis=1)
         inside = known & (lat.val > (top - D)[:, None, None])
         capped |= (inside & edge).reshape(B, -1).any(1)
-        frontier = ndimage.binary_dilation(inside, structure=_EIGHT) & ~known
+        frontier = dilate8(inside) & ~known
         spent = n_eval >= max_nodes
         capped |= frontier.reshape(B, -1).any(1) & spent
         pending = frontier & ~spent[:, None, None]

@@ -68,14 +68,20 @@ def _fine_box(val, h, R, fr, D, F):
     return tuple(ax), tuple(width)
 
 
-def _fine_logmass(spl, ubox, fr, ax, width):
+def _fine_coords(fr, ax):
+    """Lattice coordinates (F·F, 2) of the fine cells' centres (row-major over (log σ_x, log σ_w))."""
     Z0, Z1 = np.meshgrid(ax[0], ax[1], indexing="ij")
-    u = fr.v(np.stack([Z0, Z1], -1).reshape(-1, 2))  # lattice coordinates of the fine cells
+    return fr.v(np.stack([Z0, Z1], -1).reshape(-1, 2))
+
+
+def _fine_logmass(spl, ubox, u, ax, width):
+    """Log cell masses (F, F) of the fine grid from the spline ``spl`` at the cells' lattice
+    coordinates ``u`` (from :func:`_fine_coords`; -inf outside the spline's box ``ubox``)."""
     inb = (u[:, 0] >= ubox[0][0]) & (u[:, 0] <= ubox[0][1]) & (u[:, 1] >= ubox[1][0]) & (u[:, 1] <= ubox[1][1])
     out = np.full(u.shape[0], -np.inf)
     if inb.any():
         out[inb] = spl.ev(u[inb, 0], u[inb, 1])
-    return out.reshape(Z0.shape) + np.log(width[0] * width[1])
+    return out.reshape(ax[0].size, ax[1].size) + np.log(width[0] * width[1])
 
 
 def _summaries(logmass, ax, width):
@@ -147,7 +153,8 @@ def assess(val, err, h, R, fr, D, F):
     """Summaries of the full lattice, error estimate vs its sublattice of step 2h."""
     ax, width = _fine_box(val, h, R, fr, D, F)
     spl, ubox = _spline_logdens(val, h, R, D)
-    lm_full = _fine_logmass(spl, ubox, fr, ax, width)
+    u = _fine_coords(fr, ax)  # the full and the coarse spline are evaluated at the same cells
+    lm_full = _fine_logmass(spl, ubox, u, ax, width)
     full = _summaries(lm_full, ax, width)
     # sublattice: every other node (the centre is node (R, R), so R must be kept even-aligned)
     sub = val[R % 2::2, R % 2::2]
@@ -155,7 +162,7 @@ def assess(val, err, h, R, fr, D, F):
     log_z = _log_mass(val, h, R, fr)
     try:
         spl2, ubox2 = _spline_logdens(sub, 2 * h, Rs, D)
-        coarse = _summaries(_fine_logmass(spl2, ubox2, fr, ax, width), ax, width)
+        coarse = _summaries(_fine_logmass(spl2, ubox2, u, ax, width), ax, width)
         # Richardson: the spline's interpolation error is O(h^4) (the trapezoid's on log p(y) far
         # smaller), so the change from 2h to h over-states the error at h by about 2^4 - 1
         change = max(_discrepancy(full, coarse), abs(log_z - _log_mass(sub, 2 * h, Rs, fr))) / RICHARDSON
