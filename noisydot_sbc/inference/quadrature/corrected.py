@@ -246,7 +246,8 @@ class Corrected:
         for b, (i, j, approx, share) in predicted.items():
             vv = lat.v(i, j)
             fr = self.frames[b]
-            logw = np.log(share) + np.log(warp_slope(vv, fr.a, fr.b)).sum(1)
+            with np.errstate(divide="ignore"):  # a check node whose mass underflows to 0 gets weight 0
+                logw = np.log(share) + np.log(warp_slope(vv, fr.a, fr.b)).sum(1)
             with np.errstate(invalid="ignore"):
                 eps = (lat.ll[b, i, j] - lat.gl[b, i, j]) - approx
             both = np.isneginf(lat.ll[b, i, j]) & ~np.isfinite(approx + lat.gl[b, i, j])
