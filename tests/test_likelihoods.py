@@ -129,6 +129,23 @@ exact = functools.partial(padded, L.noisydot_logpdf_with_error)
 exact_logp = functools.partial(padded, L.noisydot_logpdf)
 
 
+# The single passes and the references built from them run compiled whole: run eagerly, each of
+# their hundreds of operations was compiled on its own (about 1000 small compiles in this file).
+polar_pass = jax.jit(L.polar_m2_pass, static_argnums=6)
+fourier_pass = jax.jit(L.fourier_pass, static_argnums=(8, 9))
+tilted_pass = jax.jit(L.tilted_pass, static_argnums=(9, 10), static_argnames=("kappa", "t0"))
+
+
+@functools.partial(jax.jit, static_argnums=5)
+def line_setup(ys, X, w, sx, sw, n_iter=60):
+    """What an inversion pass starts from: δ = y - E[y], ŝ, K''(ŝ), K̃(ŝ) and the terms (c², μ, v)."""
+    c2, mu, v = L.term_params(X, w, sx, sw)
+    delta = ys - jnp.sum(mu, axis=-1)
+    s_hat, k2 = L.saddlepoint_from_terms(delta, c2, mu, v, 0.0, n_iter, return_k2=True)
+    k0, _, _ = L.cgf_derivs(s_hat, c2, mu, v, 0.0)
+    return delta, s_hat, k2, k0, c2, mu, v
+
+
 def _ys(x, w, sx, sw, zs):
     x = np.atleast_1d(x)
     w = np.atleast_1d(w)
@@ -186,8 +203,8 @@ def test_polar_pass_converges_and_its_estimate_is_honest():
     ys = np.array([-0.8, 0.0, 0.6])
     ref = np.log([ref_m2(y, x, w, sx, sw) for y in ys])
     X = jnp.tile(x, (len(ys), 1))
-    coarse = L.polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 32)
-    fine = L.polar_m2_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 128)
+    coarse = polar_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 32)
+    fine = polar_pass(jnp.asarray(ys), X, jnp.asarray(w), sx, sw, 0.0, 128)
     for res in (coarse, fine):
         err = np.abs(np.asarray(res.logp) - ref)
         assert np.all(err <= np.maximum(np.asarray(res.err_disc), np.asarray(res.err_tail)) + 1e-12)
@@ -244,12 +261,8 @@ def ref_vertical_line(ys, x, w, sx, sw, h=0.25, t_max=2e4):
     with a range long enough for the t^-M tail (M ≥ 4), at t_max/4 and t_max: both are returned so
     that a test can check the reference itself has converged."""
     X = jnp.tile(jnp.asarray(x), (len(ys), 1))
-    ys = jnp.asarray(ys)
-    c2, mu, v = L.term_params(X, jnp.asarray(w), sx, sw)
-    delta = ys - jnp.sum(mu, axis=-1)
-    s_hat, k2 = L.saddlepoint_from_terms(delta, c2, mu, v, 0.0, 60, return_k2=True)
-    k0, _, _ = L.cgf_derivs(s_hat, c2, mu, v, 0.0)
-    return [np.asarray(L.fourier_pass(delta, s_hat, k0, k2, c2, mu, v, 0.0, h, int(t / h) + 1).logp)
+    delta, s_hat, k2, k0, c2, mu, v = line_setup(jnp.asarray(ys), X, jnp.asarray(w), sx, sw)
+    return [np.asarray(fourier_pass(delta, s_hat, k0, k2, c2, mu, v, 0.0, h, int(t / h) + 1).logp)
             for t in (t_max / 4, t_max)]
 
 
@@ -270,13 +283,10 @@ def test_tilted_pass_is_contour_independent_and_its_estimate_is_honest():
     x, w, sx, sw = np.array([0.209, -0.355, -0.199]), np.array([-1.17, 0.035, -0.496]), 0.5, 0.3
     ys = np.concatenate([_ys(x, w, sx, sw, [-8, -2, 0.4, 8]), [0.0, 1e-4]])
     X = jnp.tile(jnp.asarray(x), (len(ys), 1))
-    c2, mu, v = L.term_params(X, jnp.asarray(w), sx, sw)
-    delta = jnp.asarray(ys) - jnp.sum(mu, axis=-1)
-    s_hat, k2 = L.saddlepoint_from_terms(delta, c2, mu, v, 0.0, 60, return_k2=True)
-    k0, _, _ = L.cgf_derivs(s_hat, c2, mu, v, 0.0)
+    delta, s_hat, k2, k0, c2, mu, v = line_setup(jnp.asarray(ys), X, jnp.asarray(w), sx, sw)
 
     def run(h, **kw):
-        return L.tilted_pass(jnp.asarray(ys), delta, s_hat, k0, jnp.sqrt(k2), c2, mu, v, 0.0, h, 28.0, **kw)
+        return tilted_pass(jnp.asarray(ys), delta, s_hat, k0, jnp.sqrt(k2), c2, mu, v, 0.0, h, 28.0, **kw)
 
     fine = [run(0.05, kappa=k, t0=t0) for k, t0 in [(0.75, 3.0), (0.4, 1.0), (1.0, 6.0)]]
     for other in fine[1:]:
@@ -299,8 +309,7 @@ def test_grouped_logarithm_with_a_failed_branch_check_is_never_accepted():
     ys = _ys(x, w, sx, sw, [-8, -6, 6, 8])
     short, ref = ref_vertical_line(ys, x, w, sx, sw, h=0.2, t_max=400.0)
     assert np.max(np.abs(short - ref)) < 1e-12
-    c2, mu, v = L.term_params(jnp.tile(jnp.asarray(x), (len(ys), 1)), jnp.asarray(w), sx, sw)
-    s_hat = L.saddlepoint_from_terms(jnp.asarray(ys) - jnp.sum(mu, axis=-1), c2, mu, v, 0.0, 6)
+    _, s_hat, _, _, c2, _, _ = line_setup(jnp.asarray(ys), jnp.tile(jnp.asarray(x), (len(ys), 1)), jnp.asarray(w), sx, sw, 6)
     groups = np.sqrt(np.asarray(c2)).reshape(2, 8).sum(-1)
     assert np.any(groups.max() * np.abs(np.asarray(s_hat)) > 1.9)    # the case this test is about
     res = L.noisydot_logpdf_with_error(jnp.asarray(ys), jnp.tile(x, (len(ys), 1)), w, sx, sw)
