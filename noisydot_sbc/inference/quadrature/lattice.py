@@ -9,7 +9,6 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy import ndimage
 
 
 # ---------------------------------------------------------------------------------------------
