@@ -634,6 +634,24 @@ def test_loglik_grid_matches_per_point_evaluation(m):
             np.testing.assert_allclose(g.grad[i], ref, rtol=1e-11, atol=1e-10)
 
 
+def test_loglik_grid_compiles_two_fast_pass_programs_whatever_the_point_count():
+    """Phase 1 pads its blocks to one of two sizes: calls with 1..12 points per replicate (3 to 36
+    points in all, N = 200 so a full block is 40 points) add at most two compiled programs; a block
+    sized to each call's count compiled one per count (a quadrature's calls vary their counts)."""
+    from noisydot_sbc.likelihoods import grid as G
+
+    rng = np.random.default_rng(3)
+    s, n, m = 3, 200, 1
+    x, w = rng.normal(size=(s, n, m)), rng.normal(size=(s, m))
+    y = np.einsum("snm,sm->sn", x, w) + 0.3 * rng.normal(size=(s, n))
+    before = G._grid_fast._cache_size()
+    for k in range(1, 13):
+        sx = np.full((s, k), 0.3)
+        g = L.loglik_grid(y, x, w, sx, np.full((s, k), 0.05))
+        assert g.loglik.shape == (s, k) and np.all(np.isfinite(g.loglik))
+    assert G._grid_fast._cache_size() - before <= 2
+
+
 def test_loglik_grid_bad_input():
     y, x, w = np.zeros((2, 3)), np.ones((2, 3, 2)), np.ones((2, 2))
     good = np.full((2, 4), 0.2)
