@@ -215,6 +215,13 @@ def test_fit_returns_a_posterior_with_declared_stats(strong_gaussian):
     # sequential processing gives the same posterior summaries as vectorized
     seq = integrate(jax.random.PRNGKey(0), model, data, QuadratureConfig(num_draws=400, chain_method="sequential"))
     np.testing.assert_allclose(seq.log_marginal_likelihood, res.log_marginal_likelihood, rtol=0, atol=1e-9)
+    # ... and so do one vectorized batch and threads over batches of 2 (the default is parallel)
+    for cm, bs in (("vectorized", 0), ("parallel", 2)):
+        other = integrate(jax.random.PRNGKey(0), model, data,
+                          QuadratureConfig(num_draws=400, chain_method=cm, batch_size=bs))
+        np.testing.assert_allclose(other.log_marginal_likelihood, res.log_marginal_likelihood, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(other.moments["w_noise_lvl"]["log_sd"], res.moments["w_noise_lvl"]["log_sd"],
+                                   rtol=1e-9)
 
 
 @pytest.mark.slow

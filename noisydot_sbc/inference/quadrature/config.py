@@ -29,9 +29,12 @@ class QuadratureConfig:
     fine_grid: cells per axis of the fine grid on which quantiles, moments and draws are computed.
     seed_steps: Newton iterations at most for the seed (Gaussian-approximation posterior).
     polish_steps: stencil Newton iterations at most on the model's own likelihood.
-    chain_method: ``vectorized`` (a batch of replicates per likelihood call), ``sequential`` (one
-        replicate at a time) or ``parallel`` (batches spread over the local JAX devices, one thread each).
-    batch_size: replicates per batch (0: all at once).
+    chain_method: ``parallel`` (the replicates split into batches integrated at once by threads:
+        one per local JAX device, or two on a single CPU device, where one batch's host work
+        overlaps the other's likelihood evaluations), ``vectorized`` (one batch: a batch of
+        replicates per likelihood call) or ``sequential`` (one replicate at a time).
+    batch_size: replicates per batch (0: automatic, at most 64, the replicates split evenly over
+        the threads of ``parallel``).
     exact_likelihood: how the exact (marginal) likelihood is evaluated at many points: ``grid``
         (:func:`noisydot_sbc.likelihoods.loglik_grid`, two-phase) or ``map`` (``lax.map`` over points
         in small batches); identical values, different cost profiles.
@@ -63,7 +66,7 @@ class QuadratureConfig:
     fine_grid: int = 160
     seed_steps: int = 60
     polish_steps: int = 4
-    chain_method: str = "vectorized"
+    chain_method: str = "parallel"
     batch_size: int = 0
     exact_likelihood: str = "grid"
     exact_stride: int = 4
