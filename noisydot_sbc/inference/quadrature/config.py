@@ -22,8 +22,13 @@ class QuadratureConfig:
         parameters (log and natural scale) in posterior sds.
     dz: initial lattice step in whitened (Laplace-standardised) units.
     log_density_drop: D, the walk stops at nodes whose log density is more than D below the top.
-    max_nodes: likelihood evaluations per replicate at most (mode search included).
-    max_refinements: step halvings at most.
+    max_nodes: likelihood evaluations per replicate at most (mode search included; per attempt:
+        the exact fallback has its own budget).
+    max_refinements: step halvings at most. 4000 and 3 (raised from 1500 and 2 on 2026-12-06):
+        under the weak prior at M = 1, N = 50 they certify 150 of 200 SBC replicates instead of
+        109 (the rest were capped or one halving short), in 2 min 14 s instead of 1 min 32 s;
+        under the strong prior (1000 replicates, N = 200, M = 8) 98.6 % certified instead of
+        97.8 %, with 1 exact fallback instead of 19, in 2 min 29 s instead of 2 min 37 s.
     max_radius: the lattice reaches at most this far from the centre (whitened units).
     num_draws: L, independent posterior draws per replicate (for SBC ranks).
     fine_grid: cells per axis of the fine grid on which quantiles, moments and draws are computed.
@@ -59,8 +64,8 @@ class QuadratureConfig:
     tolerance: float = 0.01
     dz: float = 0.75
     log_density_drop: float = 12.0
-    max_nodes: int = 1500
-    max_refinements: int = 2
+    max_nodes: int = 4000
+    max_refinements: int = 3
     max_radius: float = 25.0
     num_draws: int = 1000
     fine_grid: int = 160

@@ -428,8 +428,10 @@ class Quadrature:
         fit_stats = {name: getattr(res, name) for name, _, _ in FIT_STATS}
         specs = tuple(StatSpec(name, "replicate", kind, desc) for name, kind, desc in FIT_STATS)
         info = dict(dataclasses.asdict(self.config))
+        workers = _workers(self.config.chain_method, len(jax.local_devices()))
         info["chain_method_resolved"] = (self.config.chain_method if self.config.chain_method != "parallel"
-                                         or len(jax.local_devices()) > 1 else "vectorized")
+                                         or workers > 1 else "vectorized")
+        info["threads"] = workers
         info["likelihood"] = ("loglik_grid" if _has_loglik_grid() and model.name == "marginal"
                               and self.config.exact_likelihood == "grid" else "lax.map" if model.name == "marginal"
                               else "vmap")
