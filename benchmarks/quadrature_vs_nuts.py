@@ -16,11 +16,18 @@ quadrature posterior of the same model. Per parameter and quantile (5/50/95 %): 
 |q_quad - q_nuts| <= error_estimate + 3 MCSE (the error estimate bounds the quantile error
 within the Monte Carlo error of the reference).
 
+Dense (``--task dense``): the same cases and replicates against a brute-force reference without
+Monte Carlo error: the exact likelihood at every cell of a ``--dense-n`` x ``--dense-n`` grid of
+(log σ_x, log σ_w) over a box that holds all but 1e-7 of the mass at its outer cells. Per
+replicate the largest error of the 5/50/95 % quantiles and the log-scale mean and sd, in
+posterior sds, and whether the certified error estimate bounds it.
+
 Public API only (noisydot_sbc.inference, .models, .priors, .simulate).
   python benchmarks/quadrature_vs_nuts.py                          # timing, 8 replicates, 3 repeats
   python benchmarks/quadrature_vs_nuts.py --task accuracy          # >= 30 replicates (long)
   python benchmarks/quadrature_vs_nuts.py --task accuracy --smoke  # 6 replicates, short NUTS
   python benchmarks/quadrature_vs_nuts.py --task corrected --replicates 16  # corrected vs exact at every node
+  python benchmarks/quadrature_vs_nuts.py --task dense --acc-obs 50  # vs brute-force grids, all 8 cases
 Writes benchmarks/results/quadrature_<task>.json (``--out`` overrides).
 """
 from __future__ import annotations
@@ -44,6 +51,7 @@ import arviz as az  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
+from scipy.interpolate import PchipInterpolator  # noqa: E402
 
 from noisydot_sbc.inference import get_method  # noqa: E402
 from noisydot_sbc.inference.quadrature import QuadratureConfig, integrate, posterior_quantiles  # noqa: E402
@@ -142,9 +150,7 @@ def corrected(a) -> dict:
 
 
 def accuracy(a, partial=None) -> dict:
-    cases = [("strong", STRONG, 8, False), ("strong", STRONG, 2, False), ("strong", STRONG, 1, False),
-             ("weak", WEAK, 8, False), ("weak", WEAK, 2, False), ("weak", WEAK, 1, False),
-             ("strong", STRONG, 8, True), ("weak", WEAK, 8, True)]
+    cases = CASES
     per_case = a.per_case
     nuts = get_method("nuts", num_warmup=a.long_warmup, num_samples=a.long_samples, num_chains=4,
                       chain_method="vectorized")
@@ -211,9 +217,108 @@ def accuracy(a, partial=None) -> dict:
             "N": a.acc_obs, "summary": summary, "rows": rows}
 
 
+CASES = [("strong", STRONG, 8, False), ("strong", STRONG, 2, False), ("strong", STRONG, 1, False),
+         ("weak", WEAK, 8, False), ("weak", WEAK, 2, False), ("weak", WEAK, 1, False),
+         ("strong", STRONG, 8, True), ("weak", WEAK, 8, True)]
+
+
+def dense_reference(model, data, s, lo, hi, n):
+    """Brute-force posterior of replicate s on an n x n tensor grid of (log σ_x, log σ_w) over the
+    box [lo, hi] (cell centres): the exact likelihood (``likelihoods.loglik_grid``) at every cell,
+    no adaptivity, no interpolation. Returns per parameter the 5/50/95 % quantiles (midpoint CDF,
+    linear interpolation), log-scale mean and sd, and the mass share of the box's outer cells."""
+    from noisydot_sbc.likelihoods import loglik_grid
+
+    ax = [lo[k] + (hi[k] - lo[k]) * (np.arange(n) + 0.5) / n for k in range(2)]
+    ZX, ZW = np.meshgrid(ax[0], ax[1], indexing="ij")
+    sx, sw = np.exp(ZX.ravel()), np.exp(ZW.ravel())
+    y, x, w = (np.asarray(data[k])[s:s + 1] for k in ("y", "x", "w"))
+    ll = loglik_grid(y, x, w, sx[None], sw[None], float(model.y_noise)).loglik[0].reshape(n, n)
+    lp = ll + np.asarray(model.prior.log_prob(jnp.exp(ZX), jnp.exp(ZW))) + ZX + ZW
+    lp = np.where(np.isfinite(lp), lp, -np.inf)
+    p = np.exp(lp - lp.max())
+    p /= p.sum()
+    edge = float(p[0].sum() + p[-1].sum() + p[:, 0].sum() + p[:, -1].sum())
+    out = {"edge_mass": edge}
+    for k, mk in enumerate((p.sum(1), p.sum(0))):
+        # the CDF at the cell edges: the cumulative midpoint masses plus their δ² f'/24 term
+        # (fourth order), inverted by monotone cubic interpolation
+        width = ax[k][1] - ax[k][0]
+        edges = np.concatenate([[ax[k][0] - width / 2], ax[k] + width / 2])
+        cdf = np.concatenate([[0.0], np.cumsum(mk)])
+        cdf[1:-1] += (mk[1:] - mk[:-1]) / 24.0
+        cdf = np.maximum.accumulate(np.clip(cdf, 0.0, 1.0))
+        keep = np.concatenate([[True], np.diff(cdf) > 1e-300])
+        mean = float((mk * ax[k]).sum())
+        out[PARAMS[k]] = dict(q=PchipInterpolator(cdf[keep], edges[keep])(PROBS), log_mean=mean,
+                              log_sd=float(np.sqrt((mk * (ax[k] - mean) ** 2).sum())))
+    return out
+
+
+def dense(a) -> dict:
+    """The quadrature against brute-force dense grids of the exact model, every case of --task accuracy."""
+    rows = []
+    only = {int(c) for c in a.cases.split(",") if c.strip()}
+    for ci, (pname, prior, M, degenerate) in enumerate(CASES):
+        if only and ci not in only:
+            continue
+        data, truth = replicates(prior, a.per_case, a.acc_obs, M, seed=1000 + ci, degenerate=degenerate)
+        model = build_model("marginal", prior)
+        t0 = time.perf_counter()
+        res = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(num_draws=100))
+        tq = time.perf_counter() - t0
+        q = posterior_quantiles(res, PROBS)
+        t0 = time.perf_counter()
+        for s in range(a.per_case):
+            # the box: where the quadrature's marginal CDFs lie in [1e-7, 1 - 1e-7], widened by a
+            # quarter of its width on each side; widened again while its outer cells hold > 1e-7
+            lo, hi = np.empty(2), np.empty(2)
+            for k, p in enumerate(PARAMS):
+                edges, cdf = res.marginals[p][0][s], res.marginals[p][1][s]
+                a_, b_ = np.interp([1e-7, 1 - 1e-7], cdf, edges)
+                lo[k], hi[k] = a_ - 0.25 * (b_ - a_), b_ + 0.25 * (b_ - a_)
+            for _ in range(4):
+                ref = dense_reference(model, data, s, lo, hi, a.dense_n)
+                if ref["edge_mass"] <= 1e-7:
+                    break
+                mid, half = (lo + hi) / 2, (hi - lo) / 2
+                lo, hi = mid - 1.5 * half, mid + 1.5 * half
+            row = {"prior": pname, "M": M, "degenerate": degenerate, "truth": truth[s].tolist(),
+                   "certified": bool(res.certified[s]), "error_estimate": float(res.error_estimate[s]),
+                   "n_evaluations": int(res.n_evaluations[s]), "dense_edge_mass": ref["edge_mass"],
+                   "box": [lo.tolist(), hi.tolist()], "params": {}}
+            worst = 0.0
+            for p in PARAMS:
+                r = ref[p]
+                sd = r["log_sd"]
+                dq = (np.log(q[p][s]) - r["q"]) / sd
+                dm = (res.moments[p]["log_mean"][s] - r["log_mean"]) / sd
+                ds = (res.moments[p]["log_sd"][s] - sd) / sd
+                row["params"][p] = {"dense_quantiles": r["q"].tolist(), "quad_quantiles": np.log(q[p][s]).tolist(),
+                                    "quantile_error_sd": dq.tolist(), "log_mean_error_sd": float(dm),
+                                    "log_sd_error_sd": float(ds), "dense_log_sd": sd}
+                worst = max(worst, float(np.max(np.abs(dq))), abs(float(dm)), abs(float(ds)))
+            row["max_error_sd"] = worst
+            row["bounded"] = bool(worst <= res.error_estimate[s])
+            rows.append(row)
+            print(f"case {ci} {pname} M={M} deg={degenerate} rep {s}: max error {worst:.4f} sd, estimate "
+                  f"{res.error_estimate[s]:.4f}, certified {res.certified[s]}, edge mass {ref['edge_mass']:.1e}",
+                  flush=True)
+        print(f"case {ci}: quadrature {tq / a.per_case:.2f} s/fit, dense grid {(time.perf_counter() - t0) / a.per_case:.1f} "
+              f"s/replicate", flush=True)
+    cert = [r for r in rows if r["certified"]]
+    summary = {"replicates": len(rows), "certified": len(cert),
+               "certified_bounded_fraction": float(np.mean([r["bounded"] for r in cert])) if cert else None,
+               "max_error_sd_certified": float(max(r["max_error_sd"] for r in cert)) if cert else None,
+               "max_error_estimate_certified": float(max(r["error_estimate"] for r in cert)) if cert else None}
+    print(json.dumps(summary), flush=True)
+    return {"N": a.acc_obs, "grid": a.dense_n, "summary": summary, "rows": rows}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("timing", "accuracy", "corrected"), default="timing")
+    p.add_argument("--task", choices=("timing", "accuracy", "corrected", "dense"), default="timing")
+    p.add_argument("--dense-n", type=int, default=300, help="dense: grid points per axis of the brute-force reference")
     p.add_argument("--replicates", type=int, default=8)
     p.add_argument("--obs", type=int, default=200)
     p.add_argument("--inputs", type=int, default=8)
@@ -247,6 +352,8 @@ def main():
         write(timing(a))
     elif a.task == "corrected":
         write(corrected(a))
+    elif a.task == "dense":
+        write(dense(a))
     else:
         write(accuracy(a, partial=write))
     print(f"wrote {out}")

@@ -44,11 +44,18 @@ def _data(prior, S, N, M, seed=0, x_spread=None):
     return data, np.array(truth)
 
 
-def _brute(model, data, b, zx, zw):
-    """Dense-grid marginals, moments and log mass of replicate b on the log scale."""
+def _brute(model, data, b, zx, zw, exact=False):
+    """Dense-grid marginals, moments and log mass of replicate b on the log scale (the Gaussian
+    approximation's likelihood, or with ``exact`` the exact one by ``likelihoods.loglik_grid``)."""
     ZX, ZW = np.meshgrid(zx, zw, indexing="ij")
-    f = jax.jit(jax.vmap(lambda a, c: jnp.sum(gaussian_logpdf(data["y"][b], data["x"][b], data["w"][b], a, c))))
-    ll = np.asarray(f(jnp.exp(ZX.ravel()), jnp.exp(ZW.ravel()))).reshape(ZX.shape)
+    if exact:
+        from noisydot_sbc.likelihoods import loglik_grid
+
+        y, x, w = (np.asarray(data[k])[b:b + 1] for k in ("y", "x", "w"))
+        ll = loglik_grid(y, x, w, np.exp(ZX.ravel())[None], np.exp(ZW.ravel())[None]).loglik[0].reshape(ZX.shape)
+    else:
+        f = jax.jit(jax.vmap(lambda a, c: jnp.sum(gaussian_logpdf(data["y"][b], data["x"][b], data["w"][b], a, c))))
+        ll = np.asarray(f(jnp.exp(ZX.ravel()), jnp.exp(ZW.ravel()))).reshape(ZX.shape)
     lp = ll + np.asarray(model.prior.log_prob(jnp.exp(ZX), jnp.exp(ZW))) + ZX + ZW
     p = np.exp(lp - lp.max())
     p /= p.sum()
@@ -395,6 +402,23 @@ def test_corrected_lattice_on_the_exact_marginal_model_matches_the_exact_likelih
     np.testing.assert_allclose(cor.log_marginal_likelihood, ful.log_marginal_likelihood, atol=0.01)
     assert cor.n_evaluations.sum() < 0.7 * ful.n_evaluations.sum(), (cor.n_evaluations, ful.n_evaluations)
     assert np.all(cor.exact_stride >= 2) and np.all(cor.correction_error > 0)
+
+
+@pytest.mark.slow  # ~50 s (the exact likelihood's compilation at a new shape, 90,000 exact values)
+def test_exact_marginal_model_matches_a_dense_grid_of_the_exact_likelihood():
+    """NoisyDot (marginal), strong prior, M = 2, N = 30: the quadrature (corrected lattice) against a
+    300 x 300 grid of the exact likelihood over ±8 posterior sds (no adaptivity, no interpolation):
+    every quantile, mean and sd within the certified error estimate (plus the grid's own ~1e-3)."""
+    data, _ = _data(STRONG, 1, 30, 2, seed=4)
+    model = build_model("marginal", STRONG)
+    res = integrate(jax.random.PRNGKey(0), model, data, QuadratureConfig(num_draws=100))
+    assert res.certified[0], res.error_estimate[0]
+    m = [res.moments[p]["log_mean"][0] for p in PARAMS]
+    sd = [res.moments[p]["log_sd"][0] for p in PARAMS]
+    ref = _brute(model, data, 0, np.linspace(m[0] - 8 * sd[0], m[0] + 8 * sd[0], 300),
+                 np.linspace(m[1] - 8 * sd[1], m[1] + 8 * sd[1], 300), exact=True)
+    err = _max_error(res, ref, 0)
+    assert err <= res.error_estimate[0] + 2e-3, (err, res.error_estimate[0])
 
 
 @pytest.mark.parametrize("y_noise", [0.0, 0.05])
