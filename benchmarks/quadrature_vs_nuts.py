@@ -255,7 +255,7 @@ def dense_reference(model, data, s, lo, hi, n):
     return out
 
 
-def dense(a) -> dict:
+def dense(a, partial=None) -> dict:
     """The quadrature against brute-force dense grids of the exact model, every case of --task accuracy."""
     rows = []
     only = {int(c) for c in a.cases.split(",") if c.strip()}
@@ -306,6 +306,8 @@ def dense(a) -> dict:
                   flush=True)
         print(f"case {ci}: quadrature {tq / a.per_case:.2f} s/fit, dense grid {(time.perf_counter() - t0) / a.per_case:.1f} "
               f"s/replicate", flush=True)
+        if partial is not None:  # keep what is done if a long run is stopped
+            partial({"N": a.acc_obs, "grid": a.dense_n, "rows_so_far": rows})
     cert = [r for r in rows if r["certified"]]
     summary = {"replicates": len(rows), "certified": len(cert),
                "certified_bounded_fraction": float(np.mean([r["bounded"] for r in cert])) if cert else None,
@@ -353,7 +355,7 @@ def main():
     elif a.task == "corrected":
         write(corrected(a))
     elif a.task == "dense":
-        write(dense(a))
+        write(dense(a, partial=write))
     else:
         write(accuracy(a, partial=write))
     print(f"wrote {out}")

@@ -262,10 +262,11 @@ def plot_diagnostics(ds) -> Figure:
                 ax.bar(["False", "True"], [int((~v).sum()), int(v.sum())], color=pal[0])
                 ax.set_title(f"{var}: {np.mean(v):.1%} True", fontsize=10)
             else:
+                n_bad = int(np.sum(~np.isfinite(v.astype(float))))
                 v = v[np.isfinite(v)].astype(float)
                 if v.size:
                     sns.histplot(v, ax=ax, bins=30, color=pal[0])
-                ax.set_title(var, fontsize=10)
+                ax.set_title(var + (f" ({n_bad} not finite, not drawn)" if n_bad else ""), fontsize=10)
             ax.set_xlabel(textwrap.fill(str(desc), 45), fontsize=7)
             ax.set_ylabel("replicates")
     inference = ds.attrs.get("inference", "")

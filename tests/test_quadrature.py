@@ -203,7 +203,8 @@ def test_uncertified_when_the_node_budget_cannot_reach_the_tolerance(strong_gaus
     res = integrate(jax.random.PRNGKey(0), model, data,
                     QuadratureConfig(tolerance=1e-9, max_nodes=60, num_draws=50, max_refinements=1))
     assert not res.certified.any()
-    assert np.all(res.error_estimate > 1e-9)
+    # the walk was cut short by the budget: the mass it did not reach bounds nothing, no estimate
+    assert np.all(np.isinf(res.error_estimate))
     assert np.all(res.n_evaluations <= 60)
     ok = ~res.failed
     assert np.all(np.isfinite(res.draws["x_noise_lvl"][ok]))

@@ -111,7 +111,8 @@ class QuadratureConfig:
 # replicate-level statistics the method declares: (name, kind, description)
 FIT_STATS = (
     ("log_marginal_likelihood", "f", "log p(y) = log ∫ p(y|σ) p(σ) dσ by the trapezoid rule on the lattice"),
-    ("error_estimate", "f", "estimated error: nats for the log mass, posterior sds for means/sds/quantiles"),
+    ("error_estimate", "f", "estimated error: nats for the log mass, posterior sds for means/sds/quantiles "
+     "(inf: the walk was cut short by the node budget or the lattice edge, no estimate)"),
     ("certified", "b", "error_estimate <= tolerance within the node budget"),
     ("n_evaluations", "i", "likelihood evaluations (parameter points) for this replicate"),
     ("grid_step", "f", "final lattice step in whitened units"),
