@@ -285,7 +285,7 @@ def dense(a, partial=None) -> dict:
                 lo, hi = mid - 1.5 * half, mid + 1.5 * half
             row = {"prior": pname, "M": M, "degenerate": degenerate, "truth": truth[s].tolist(),
                    "certified": bool(res.certified[s]), "error_estimate": float(res.error_estimate[s]),
-                   "n_evaluations": int(res.n_evaluations[s]), "dense_edge_mass": ref["edge_mass"],
+                   "n_evaluations": int(res.n_evaluations[s]), "dense_edge_mass": ref["edge_mass"], "dense_n": a.dense_n,
                    "box": [lo.tolist(), hi.tolist()], "params": {}}
             worst = 0.0
             for p in PARAMS:
