@@ -151,6 +151,15 @@ def test_only_declared_stats_appear_quadrature_like_posterior():
     assert np.isnan(out["log_marginal"][2]) and out["log_marginal"][3] == -1.0
     assert out.descriptions["log_marginal"] == "log evidence"
     assert diagnostics.threshold_warnings(out, 0) == []
+    # inf is a stated value (a quadrature's error_estimate when it has no estimate); NaN is refused
+    fit_stats["error_estimate"] = np.array([1e-9, np.inf, np.nan, 1e-9])
+    out = diagnostics.compute_diagnostics(samples, None, failed=failed, fit_stats=fit_stats, stat_specs=specs,
+                                          independent_draws=True)
+    assert out["error_estimate"][1] == np.inf and np.isnan(out["error_estimate"][2])
+    fit_stats["error_estimate"] = np.array([np.nan, 1e-9, 1e-9, 1e-9])
+    with pytest.raises(ValueError, match="error_estimate.*replicate 0"):
+        diagnostics.compute_diagnostics(samples, None, failed=failed, fit_stats=fit_stats, stat_specs=specs,
+                                        independent_draws=True)
     with pytest.raises(ValueError, match="undeclared"):
         diagnostics.compute_diagnostics(samples, {"lp": np.zeros((s, 1, 100))}, stat_specs=specs)
     # a kernel that declares only lp: no divergence or tree-depth fields, lp as a per-replicate mean

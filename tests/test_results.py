@@ -105,6 +105,18 @@ def test_build_validation_names_the_variable():
     a["extra"] = (("replicate",), np.arange(6.0))
     ds = results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
     assert ds["extra"].dims == ("replicate",)
+    # a quadrature's error_estimate may be inf (no estimate: its walk was cut short), never NaN
+    a = make_arrays()
+    a["error_estimate"] = (("replicate",), np.array([np.nan, 0.001, np.inf, 0.002, 0.003, 0.004]))
+    ds = results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
+    assert np.isinf(ds["error_estimate"].values[2])
+    a["error_estimate"][1][3] = np.nan
+    with pytest.raises(ValueError, match="error_estimate.*not marked failed"):
+        results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
+    a["error_estimate"][1][3] = 0.0
+    a["extra"] = (("replicate",), np.array([0.0, 1.0, np.inf, 1.0, 1.0, 1.0]))  # elsewhere inf is refused
+    with pytest.raises(ValueError, match="extra.*not marked failed"):
+        results.build_sbc_dataset(a, {"quantity": QUANT, "parameter": PARAMS}, ATTRS)
 
 
 def test_chunks_atomic_resume_and_merge_order(tmp_path):

@@ -28,6 +28,7 @@ from ..diagnostics import DERIVED
 __all__ = [
     "SCHEMA",
     "UNDEFINED_OK",
+    "INFINITE_OK",
     "REQUIRED_VARS",
     "REQUIRED_ATTRS",
     "DEFAULT_ATTRS",
@@ -58,6 +59,9 @@ SCHEMA.update({name: (("replicate",) + d.dims, d.kind) for name, d in DERIVED.it
 # NaN = undefined diagnostic (constant draws), or no reference (beyond sbc.reference_replicates, or
 # the reference quadrature failed: ref_certified is False there)
 UNDEFINED_OK = ("r_hat", "ess_bulk", "ess_tail", "bfmi", "ref_w1_log", "ref_kl_log", "ref_median_shift", "ref_sd_ratio")
+# variables where inf is a stated value (NaN still refused outside failed replicates): a quadrature's
+# error_estimate is inf where its walk was cut short (node budget, lattice edge) and it has no estimate
+INFINITE_OK = ("error_estimate",)
 REQUIRED_VARS = ("true", "rank", "failed")
 REQUIRED_ATTRS = ("num_ranks",)
 DEFAULT_ATTRS = {"config_yaml": "", "seed": -1, "model": "", "prior": "", "chain_method": "", "inference": ""}
@@ -148,7 +152,7 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict, descriptions: dic
                          f"(first: replicate {int(np.argmax(bad_rank))})")
     for name, (dims, arr) in data_vars.items():
         if arr.dtype.kind == "f" and dims and dims[0] == "replicate" and name not in UNDEFINED_OK and arr.size:
-            as_array(name, arr, failed=failed)
+            as_array(name, np.where(np.isinf(arr), 0.0, arr) if name in INFINITE_OK else arr, failed=failed)
 
     s = sizes["replicate"]
     rep = np.arange(s) if coords.get("replicate") is None else np.asarray(coords["replicate"])
