@@ -87,6 +87,7 @@ def as_array(
     ndim: int | tuple | None = None,
     kind: str = "numeric",
     finite: bool = True,
+    allow_inf: bool = False,
     failed=None,
     allow_empty: bool = False,
 ) -> np.ndarray:
@@ -97,7 +98,8 @@ def as_array(
     integers accepted) or ``"U"`` (strings, returned as an object array). ``ndim``: required rank
     (an int or a tuple of allowed ranks). ``finite``: refuse NaN/inf; with ``failed`` ((S,) bool,
     the leading axis) only in rows not marked failed, and the message names the first such
-    replicate. Raises ``ValueError`` naming ``name``."""
+    replicate; with ``allow_inf`` refuse NaN only (±inf is a stated value, e.g. "no estimate").
+    Raises ``ValueError`` naming ``name``."""
     arr = np.asarray(value)
     if kind == "U":
         if arr.dtype.kind not in "UO":
@@ -129,7 +131,8 @@ def as_array(
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); at least one value is needed")
     if finite and arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr)
+        bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
+        what = "NaN" if allow_inf else "non-finite values"
         if failed is not None:
             f = np.asarray(failed, bool)
             if arr.ndim == 0 or f.shape != arr.shape[:1]:
@@ -137,11 +140,12 @@ def as_array(
             bad_rows = bad.reshape(arr.shape[0], -1).any(axis=1) & ~f
             if bad_rows.any():
                 raise ValueError(
-                    f"{name} contains non-finite values in {int(bad_rows.sum())} replicate(s) not marked failed "
+                    f"{name} contains {what} in {int(bad_rows.sum())} replicate(s) not marked failed "
                     f"(first: replicate {int(np.argmax(bad_rows))})"
                 )
         elif bad.any():
-            raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf)")
+            raise ValueError(f"{name} contains {int(bad.sum())} " + ("NaN value(s)" if allow_inf else
+                                                                    "non-finite value(s) (NaN or inf)"))
     if kind == "i" and arr.dtype.kind != "i":
         if arr.dtype.kind == "f":
             arr = np.where(np.isfinite(arr), arr, -1)

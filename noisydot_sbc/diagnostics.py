@@ -399,10 +399,7 @@ def compute_diagnostics(
         if level == "replicate":
             # an infinite replicate-level value is a stated one (a quadrature's error_estimate = inf:
             # no estimate); NaN in a replicate not marked failed is refused
-            v = as_array(f"fit_stats[{name!r}]", src[name], ndim=1, kind=kind, failed=failed, finite=kind != "f")
-            if kind == "f" and np.any(np.isnan(v) & ok):
-                raise ValueError(f"fit_stats[{name!r}] is NaN in a replicate not marked failed "
-                                 f"(first: replicate {int(np.argmax(np.isnan(v) & ok))})")
+            v = as_array(f"fit_stats[{name!r}]", src[name], ndim=1, kind=kind, failed=failed, allow_inf=True)
             if v.shape != (s,):
                 raise ValueError(f"fit_stats[{name!r}] must have shape ({s},), got {v.shape}")
             v = count(v) if kind == "i" else (v & ok if kind == "b" else floats(v))

@@ -97,9 +97,10 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
 
     Phase 1: the vectorised fast pass for every (replicate, point, observation), in blocks of about
     ``block_obs`` observations, the rest in blocks of SMALL_BLOCK points (each padded to its block
-    size, so two compiled functions serve every call with the same N and M). Phase 2: only the triples the fast pass could not certify are
-    gathered on the host and evaluated, tier after tier (those of :func:`noisydot_logpdf_with_error`,
-    in the same order, each tier only on what the previous one did not certify), in buckets of
+    size, so two compiled functions serve every call with the same N and M). Phase 2: only the
+    triples the fast pass could not certify are gathered on the host and evaluated, tier after
+    tier (those of :func:`noisydot_logpdf_with_error`, in the same order, each tier only on what
+    the previous one did not certify), in buckets of
     ``bucket`` triples padded to that size, so each tier compiles once. Under ``vmap`` the in-graph
     version pays every ``while_loop`` round of the worst observation for the whole batch; here the
     robust work is proportional to the number of uncertified triples. Per observation the result

@@ -152,7 +152,7 @@ def build_sbc_dataset(arrays: dict, coords: dict, attrs: dict, descriptions: dic
                          f"(first: replicate {int(np.argmax(bad_rank))})")
     for name, (dims, arr) in data_vars.items():
         if arr.dtype.kind == "f" and dims and dims[0] == "replicate" and name not in UNDEFINED_OK and arr.size:
-            as_array(name, np.where(np.isinf(arr), 0.0, arr) if name in INFINITE_OK else arr, failed=failed)
+            as_array(name, arr, failed=failed, allow_inf=name in INFINITE_OK)
 
     s = sizes["replicate"]
     rep = np.arange(s) if coords.get("replicate") is None else np.asarray(coords["replicate"])
