@@ -453,3 +453,46 @@ def test_walk_dilation_matches_scipy_binary_dilation():
         m[0, 0, 0] = m[-1, -1, -1] = True  # corners: the dilation must not wrap around
         ref = ndimage.binary_dilation(m, structure=np.ones((1, 3, 3), bool))
         np.testing.assert_array_equal(dilate8(m), ref)
+
+
+def _walk_on(lat, ev, D=12.0, max_nodes=10**6):
+    from noisydot_sbc.inference.quadrature.lattice import Frame, evaluate_nodes, walk
+
+    frames = [Frame(np.zeros(2), np.eye(2), np.zeros(2), np.zeros(2))] * lat.val.shape[0]
+    prior_lp = lambda z: np.zeros(z.shape[:-1])
+    n_eval = np.zeros(lat.val.shape[0], np.int64)
+    rep = np.arange(lat.val.shape[0])
+    capped = walk(lambda lat_, pending, n_ev: evaluate_nodes(ev, rep, lat_, pending, frames, prior_lp, n_ev),
+                  lat, D, max_nodes, n_eval, first=True)
+    return capped, n_eval
+
+
+def test_lattice_grows_as_the_walk_needs_and_finds_the_nodes_of_the_full_size_lattice():
+    """A lattice that starts around the first disk and grows (its arrays widened when the walk's
+    inside reaches their edge) walks to exactly the nodes and values that a lattice allocated at
+    its full radius does, on a posterior stretched 3x along one axis and shifted off the centre;
+    a flat log density reaches max_radius and is reported capped. The halved lattice is sized
+    to the known nodes, not to twice the full radius."""
+    from noisydot_sbc.inference.quadrature.lattice import Lattice
+
+    def ev(rep_idx, z):  # replicate 0 stretched along z0, replicate 1 shifted along z1
+        s = np.where(rep_idx[:, None] == 0, 3.0, 1.0)
+        return -0.5 * ((z[..., 0] / s) ** 2 + (z[..., 1] - 3.0 * rep_idx[:, None]) ** 2), np.zeros(z.shape[:2])
+
+    small, full = Lattice(2, 0.75, 4, R_max=40), Lattice(2, 0.75, 40)
+    c_small, n_small = _walk_on(small, ev)
+    c_full, n_full = _walk_on(full, ev)
+    assert not c_small.any() and not c_full.any()
+    assert 4 < small.R < 40, small.R
+    off = full.R - small.R
+    np.testing.assert_array_equal(full.val[:, off:off + small.G, off:off + small.G], small.val)
+    assert np.isnan(np.delete(np.delete(full.val, np.s_[off:off + small.G], 1), np.s_[off:off + small.G], 2)).all()
+    np.testing.assert_array_equal(n_small, n_full)
+    half = small.refined(np.array([True, True]), None)
+    assert half.R < 2 * small.R_max and half.R_max == 2 * small.R_max
+    np.testing.assert_array_equal(half.val[:, half.R - 2 * 10:half.R + 2 * 10 + 1:2, half.R - 2 * 10:half.R + 2 * 10 + 1:2],
+                                  small.val[:, small.R - 10:small.R + 11, small.R - 10:small.R + 11])
+
+    flat = Lattice(1, 0.75, 4, R_max=12)
+    capped, _ = _walk_on(flat, lambda rep_idx, z: (np.zeros(z.shape[:2]), np.zeros(z.shape[:2])))
+    assert capped[0] and flat.R == 12 and not np.isnan(flat.val).any()

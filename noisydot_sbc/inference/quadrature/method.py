@@ -107,9 +107,10 @@ def _integrate_batch(key, model, data, rep_idx, cfg: QuadratureConfig, ev: Evalu
     a_w = np.vectorize(lambda s: stretch(s * r0, r0))(s_pos)
     b_w = np.vectorize(lambda s: stretch(s * r0, r0))(s_neg)
     frames = [Frame(m[i], C[i], a_w[i], b_w[i]) for i in range(B)]
-    R = int(math.ceil(cfg.max_radius / h))
-    R += (-R) % (2 * k0)  # a multiple of 2·k0: the sublattices of steps 2h and k0·h contain the centre
-    lat = Lattice(B, h, R, np.full(B, k0) if corrected else None)
+    # the lattice starts around the walk's first disk and grows up to max_radius as the walk needs
+    lat = Lattice(B, h, int(math.ceil(r0 / h)) + 2, np.full(B, k0) if corrected else None,
+                  R_max=int(math.ceil(cfg.max_radius / h)), align=2 * k0)
+    R = lat.R
     # the stencil's nodes are lattice nodes only where the warp is the identity near the centre
     same = (b_w == 0.0).all(1) & (a_w == 0.0).all(1)
     lat.val[same, R - 1:R + 2, R - 1:R + 2] = vals[same]
