@@ -104,8 +104,10 @@ class Evaluator:
     of a chunk go through ``lax.map`` in batches of MAP_BATCH, because its robust tiers are
     while_loops and under ``vmap`` every round would be paid by the whole batch."""
 
-    def __init__(self, model, data, use_grid=True):
+    def __init__(self, model, data, use_grid=True, node_tolerance=0.0):
         self.model = model
+        # loglik_grid's ``accept``: per observation, the node's tolerance shared over N observations
+        self.accept = float(node_tolerance) / data["y"].shape[-1] if node_tolerance > 0 else None
         self.y, self.x, self.w = data["y"], data["x"], data["w"]
         # host copies for the grid path: loglik_grid works on NumPy arrays, and gathering the
         # replicates' rows from device arrays costs one dispatched gather per call
@@ -141,7 +143,8 @@ class Evaluator:
         sx, sw = np.exp(zc[..., 0]), np.exp(zc[..., 1])
         if self.grid is not None:
             h = self.host
-            res = self.grid(h["y"][rep_idx], h["x"][rep_idx], h["w"][rep_idx], sx, sw, float(self.model.y_noise))
+            res = self.grid(h["y"][rep_idx], h["x"][rep_idx], h["w"][rep_idx], sx, sw, float(self.model.y_noise),
+                            accept=self.accept)
             return np.asarray(res.loglik, np.float64), np.asarray(res.err, np.float64)
         rows = np.repeat(np.asarray(rep_idx), K)
         n = rows.size

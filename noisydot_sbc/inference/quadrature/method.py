@@ -338,7 +338,8 @@ def integrate(key, model, data: dict, config: QuadratureConfig = QuadratureConfi
         if model.name == "gaussian":  # the same values as gaussian_logpdf, O(N) per point
             ev = GaussianEvaluator(dd, model.y_noise)
         else:
-            ev = Evaluator(model, dd, use_grid=config.exact_likelihood == "grid")
+            ev = Evaluator(model, dd, use_grid=config.exact_likelihood == "grid",
+                           node_tolerance=config.likelihood_tolerance)
         if approx_model is None:
             ev_approx = None
         elif approx_model.name == "gaussian":
