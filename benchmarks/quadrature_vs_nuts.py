@@ -82,15 +82,16 @@ def timing(a) -> dict:
     data, _ = replicates(STRONG, a.replicates, a.obs, a.inputs, seed=a.seed)
     S = a.replicates
     nuts = dict(num_warmup=a.warmup, num_samples=a.samples, num_chains=2, chain_method=a.nuts_chain_method)
+    opts = quad_options(a)
     # NUTS on the exact model last: after its long run the machine measured the quadrature up to
     # 1.6x slower than in a run without it (2026-12-06), so the cheap methods go first
     runs = {
-        "quadrature_marginal": (get_method("quadrature", num_draws=a.draws), build_model("marginal", STRONG)),
-        "quadrature_marginal_one_thread": (get_method("quadrature", num_draws=a.draws, chain_method="vectorized"),
+        "quadrature_marginal": (get_method("quadrature", num_draws=a.draws, **opts), build_model("marginal", STRONG)),
+        "quadrature_marginal_one_thread": (get_method("quadrature", num_draws=a.draws, **dict(opts, chain_method="vectorized")),
                                            build_model("marginal", STRONG)),
-        "quadrature_marginal_exact_every_node": (get_method("quadrature", num_draws=a.draws, exact_stride=1),
+        "quadrature_marginal_exact_every_node": (get_method("quadrature", num_draws=a.draws, **dict(opts, exact_stride=1)),
                                                  build_model("marginal", STRONG)),
-        "quadrature_gaussian": (get_method("quadrature", num_draws=a.draws), build_model("gaussian", STRONG)),
+        "quadrature_gaussian": (get_method("quadrature", num_draws=a.draws, **opts), build_model("gaussian", STRONG)),
         "nuts_gaussian": (get_method("nuts", **nuts), build_model("gaussian", STRONG)),
         "nuts_marginal": (get_method("nuts", **nuts), build_model("marginal", STRONG)),
     }
@@ -116,7 +117,7 @@ def timing(a) -> dict:
                          error_estimate_max=float(np.max(fs["error_estimate"])))
         out[name] = entry
         print(f"{name:22s} {entry['seconds_per_fit_median'] * 1e3:9.1f} ms/fit  (first call {first:.1f} s)", flush=True)
-    return {"design": {"N": a.obs, "M": a.inputs, "prior": "strong", "dtype": "float64", "replicates": S},
+    return {"design": {"N": a.obs, "M": a.inputs, "prior": "strong", "dtype": "float64", "replicates": S}, "quadrature_options": opts,
             "nuts": nuts, "repeats": a.repeats, "methods": out}
 
 
@@ -177,7 +178,7 @@ def accuracy(a, partial=None) -> dict:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, failed=ref_failed, seconds=tn, **ref_z)
         t0 = time.perf_counter()
-        exact = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(num_draws=100))
+        exact = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(num_draws=100, **quad_options(a)))
         tq = time.perf_counter() - t0
         eq = posterior_quantiles(exact, PROBS)
         for s in range(per_case):
@@ -222,6 +223,20 @@ CASES = [("strong", STRONG, 8, False), ("strong", STRONG, 2, False), ("strong", 
          ("strong", STRONG, 8, True), ("weak", WEAK, 8, True)]
 
 
+def quad_options(a) -> dict:
+    """--option KEY=VALUE pairs as QuadratureConfig fields (values parsed as Python literals)."""
+    import ast
+
+    out = {}
+    for item in a.option:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def dense_reference(model, data, s, lo, hi, n):
     """Brute-force posterior of replicate s on an n x n tensor grid of (log σ_x, log σ_w) over the
     box [lo, hi] (cell centres): the exact likelihood (``likelihoods.loglik_grid``) at every cell,
@@ -255,21 +270,78 @@ def dense_reference(model, data, s, lo, hi, n):
     return out
 
 
+def _dense_row(pname, M, degenerate, truth, res, q, s, ref, lo, hi, dense_n):
+    """One replicate's errors against its dense reference, in reference posterior sds."""
+    row = {"prior": pname, "M": M, "degenerate": degenerate, "truth": np.asarray(truth).tolist(),
+           "certified": bool(res.certified[s]), "error_estimate": float(res.error_estimate[s]),
+           "n_evaluations": int(res.n_evaluations[s]), "dense_edge_mass": ref["edge_mass"], "dense_n": dense_n,
+           "box": [lo.tolist(), hi.tolist()], "params": {}}
+    worst = 0.0
+    for p in PARAMS:
+        r = ref[p]
+        sd = r["log_sd"]
+        dq = (np.log(q[p][s]) - r["q"]) / sd
+        ds = (res.moments[p]["log_sd"][s] - sd) / sd
+        dm = None if r["log_mean"] is None else float((res.moments[p]["log_mean"][s] - r["log_mean"]) / sd)
+        row["params"][p] = {"dense_quantiles": np.asarray(r["q"]).tolist(), "quad_quantiles": np.log(q[p][s]).tolist(),
+                            "quantile_error_sd": dq.tolist(), "log_mean_error_sd": dm,
+                            "log_sd_error_sd": float(ds), "dense_log_sd": sd, "dense_log_mean": r["log_mean"]}
+        worst = max(worst, float(np.max(np.abs(dq))), abs(float(ds)), 0.0 if dm is None else abs(dm))
+    row["max_error_sd"] = worst
+    row["bounded"] = bool(worst <= res.error_estimate[s])
+    return row
+
+
+def _stored_references(path):
+    """The brute-force references of an earlier ``--task dense`` run, by (case label, replicate):
+    {"truth", "box", "edge_mass", "dense_n", param: {"q", "log_sd", "log_mean" (None if not stored)}}."""
+    rows = json.loads(Path(path).read_text())["dense"]["rows"]
+    out, count = {}, {}
+    for r in rows:
+        label = (r["prior"], r["M"], r["degenerate"])
+        s = count.get(label, 0)
+        count[label] = s + 1
+        ref = {"truth": r["truth"], "box": r["box"], "edge_mass": r["dense_edge_mass"], "dense_n": r["dense_n"]}
+        for p in PARAMS:
+            e = r["params"][p]
+            ref[p] = {"q": np.asarray(e["dense_quantiles"]), "log_sd": e["dense_log_sd"],
+                      "log_mean": e.get("dense_log_mean")}
+        out[label + (s,)] = ref
+    return out
+
+
 def dense(a, partial=None) -> dict:
-    """The quadrature against brute-force dense grids of the exact model, every case of --task accuracy."""
+    """The quadrature against brute-force dense grids of the exact model, every case of --task accuracy.
+    With ``--reference FILE`` (an earlier dense run) the grids are not recomputed: the quadrature
+    (with ``--option`` overrides) is compared against the stored quantiles and sds (and log-scale
+    means where stored), on the same replicates (their truths are checked)."""
     rows = []
     only = {int(c) for c in a.cases.split(",") if c.strip()}
+    stored = _stored_references(a.reference) if a.reference else None
+    options = dict(num_draws=100, **quad_options(a))
+    quad_seconds = 0.0
     for ci, (pname, prior, M, degenerate) in enumerate(CASES):
         if only and ci not in only:
             continue
         data, truth = replicates(prior, a.per_case, a.acc_obs, M, seed=1000 + ci, degenerate=degenerate)
         model = build_model("marginal", prior)
         t0 = time.perf_counter()
-        res = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(num_draws=100))
+        res = integrate(jax.random.PRNGKey(ci), model, data, QuadratureConfig(**options))
         tq = time.perf_counter() - t0
+        quad_seconds += tq
         q = posterior_quantiles(res, PROBS)
         t0 = time.perf_counter()
         for s in range(a.per_case):
+            if stored is not None:
+                ref = stored[(pname, M, degenerate, s)]
+                if not np.allclose(ref["truth"], truth[s], rtol=1e-12):
+                    raise SystemExit(f"--reference: case {ci} replicate {s} has truth {ref['truth']}, this run {truth[s]}")
+                lo, hi = np.asarray(ref["box"][0]), np.asarray(ref["box"][1])
+                row = _dense_row(pname, M, degenerate, truth[s], res, q, s, ref, lo, hi, ref["dense_n"])
+                rows.append(row)
+                print(f"case {ci} {pname} M={M} deg={degenerate} rep {s}: max error {row['max_error_sd']:.4f} sd, "
+                      f"estimate {res.error_estimate[s]:.4f}, certified {res.certified[s]}", flush=True)
+                continue
             # the box: where the quadrature's marginal CDFs lie in [1e-7, 1 - 1e-7], widened by a
             # quarter of its width on each side; widened again while its outer cells hold > 1e-7
             lo, hi = np.empty(2), np.empty(2)
@@ -283,25 +355,9 @@ def dense(a, partial=None) -> dict:
                     break
                 mid, half = (lo + hi) / 2, (hi - lo) / 2
                 lo, hi = mid - 1.5 * half, mid + 1.5 * half
-            row = {"prior": pname, "M": M, "degenerate": degenerate, "truth": truth[s].tolist(),
-                   "certified": bool(res.certified[s]), "error_estimate": float(res.error_estimate[s]),
-                   "n_evaluations": int(res.n_evaluations[s]), "dense_edge_mass": ref["edge_mass"], "dense_n": a.dense_n,
-                   "box": [lo.tolist(), hi.tolist()], "params": {}}
-            worst = 0.0
-            for p in PARAMS:
-                r = ref[p]
-                sd = r["log_sd"]
-                dq = (np.log(q[p][s]) - r["q"]) / sd
-                dm = (res.moments[p]["log_mean"][s] - r["log_mean"]) / sd
-                ds = (res.moments[p]["log_sd"][s] - sd) / sd
-                row["params"][p] = {"dense_quantiles": r["q"].tolist(), "quad_quantiles": np.log(q[p][s]).tolist(),
-                                    "quantile_error_sd": dq.tolist(), "log_mean_error_sd": float(dm),
-                                    "log_sd_error_sd": float(ds), "dense_log_sd": sd}
-                worst = max(worst, float(np.max(np.abs(dq))), abs(float(dm)), abs(float(ds)))
-            row["max_error_sd"] = worst
-            row["bounded"] = bool(worst <= res.error_estimate[s])
+            row = _dense_row(pname, M, degenerate, truth[s], res, q, s, ref, lo, hi, a.dense_n)
             rows.append(row)
-            print(f"case {ci} {pname} M={M} deg={degenerate} rep {s}: max error {worst:.4f} sd, estimate "
+            print(f"case {ci} {pname} M={M} deg={degenerate} rep {s}: max error {row['max_error_sd']:.4f} sd, estimate "
                   f"{res.error_estimate[s]:.4f}, certified {res.certified[s]}, edge mass {ref['edge_mass']:.1e}",
                   flush=True)
         print(f"case {ci}: quadrature {tq / a.per_case:.2f} s/fit, dense grid {(time.perf_counter() - t0) / a.per_case:.1f} "
@@ -312,9 +368,16 @@ def dense(a, partial=None) -> dict:
     summary = {"replicates": len(rows), "certified": len(cert),
                "certified_bounded_fraction": float(np.mean([r["bounded"] for r in cert])) if cert else None,
                "max_error_sd_certified": float(max(r["max_error_sd"] for r in cert)) if cert else None,
-               "max_error_estimate_certified": float(max(r["error_estimate"] for r in cert)) if cert else None}
+               "max_error_estimate_certified": float(max(r["error_estimate"] for r in cert)) if cert else None,
+               "largest_ratio_error_to_estimate_certified":
+                   float(max(r["max_error_sd"] / r["error_estimate"] for r in cert)) if cert else None,
+               "quadrature_seconds": quad_seconds}
     print(json.dumps(summary), flush=True)
-    return {"N": a.acc_obs, "grid": a.dense_n, "summary": summary, "rows": rows}
+    out = {"N": a.acc_obs, "grid": a.dense_n, "quadrature_options": options, "summary": summary, "rows": rows}
+    if a.reference:
+        out["reference"] = {"file": Path(a.reference).name,
+                            "note": "brute-force grids reused from this file; log-scale means compared where stored"}
+    return out
 
 
 def main():
@@ -339,6 +402,9 @@ def main():
                    help="accuracy: where the long NUTS runs' log draws are kept per case (reused if present)")
     p.add_argument("--cases", default="", help="accuracy: comma-separated case indices to run (default all 8)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
+    p.add_argument("--reference", help="dense: an earlier dense JSON whose brute-force grids are reused")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dense, timing: a QuadratureConfig field for the quadrature (repeatable), e.g. dz=0.5")
     p.add_argument("--out")
     a = p.parse_args()
     if a.smoke:

@@ -634,6 +634,28 @@ def test_loglik_grid_matches_per_point_evaluation(m):
             np.testing.assert_allclose(g.grad[i], ref, rtol=1e-11, atol=1e-10)
 
 
+def test_loglik_grid_accept_keeps_fast_pass_values_within_their_error_estimate():
+    """``accept`` (nats per observation) takes a fast-pass value whose error estimate is below it
+    instead of sending it through the robust tiers: fewer observations go there, the summed error
+    estimate stays at most N·accept above the default one, and each value is within its own
+    (summed) estimate of the full-accuracy value. accept=None is the default; a bad accept is refused."""
+    rng = np.random.default_rng(12)
+    s, n, m = 2, 40, 8
+    x, w = rng.normal(size=(s, n, m)), rng.normal(size=(s, m))
+    sx = np.array([[0.1, 0.3, 0.5, 1.0], [0.05, 0.2, 0.4, 0.8]])
+    sw = np.array([[0.05, 0.3, 0.6, 1.0], [0.4, 0.1, 1.0, 0.7]])
+    y = np.einsum("snm,sm->sn", x, w) + 0.5 * rng.normal(size=(s, n))
+    full = L.loglik_grid(y, x, w, sx, sw, bucket=16)
+    loose = L.loglik_grid(y, x, w, sx, sw, bucket=16, accept=1e-6)
+    assert full.n_robust.sum() > 20
+    assert loose.n_robust.sum() < full.n_robust.sum()
+    assert np.all(loose.err <= full.err + n * 1e-6)
+    assert np.all(np.abs(loose.loglik - full.loglik) <= loose.err + full.err)
+    np.testing.assert_array_equal(L.loglik_grid(y, x, w, sx, sw, bucket=16, accept=None).loglik, full.loglik)
+    with pytest.raises(ValueError, match="accept"):
+        L.loglik_grid(y, x, w, sx, sw, accept=-1.0)
+
+
 def test_loglik_grid_compiles_two_fast_pass_programs_whatever_the_point_count():
     """Phase 1 pads its blocks to one of two sizes: calls with 1..12 points per replicate (3 to 36
     points in all, N = 200 so a full block is 40 points) add at most two compiled programs; a block
