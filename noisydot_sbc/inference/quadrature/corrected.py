@@ -22,6 +22,7 @@ from .lattice import at_nodes, finite_or, known_box, warp_slope
 CHECK_MASS = 0.999  # the check nodes: centres of the core cells holding this share of the mass
 CHECK_MIN = 4       # ... and at least this many
 CHECK_MAX = 12      # ... and at most this many: beyond, one node per stratum of equal mass, weighted by it
+TAIL_BAND = 2.0     # nats: beyond CHECK_MASS, one check node per band of this width in log density
 
 
 def grid_mask(lat, k, offset=0):
@@ -228,7 +229,7 @@ class Corrected:
             cum = np.cumsum(w) / w.sum()
             n = min(max(min(CHECK_MIN, i.size), int(np.searchsorted(cum, CHECK_MASS)) + 1), i.size)
             if n <= CHECK_MAX:
-                sel, share = order[:n], w[:n] / w[:n].sum()
+                sel, share = order[:n], w[:n]
             else:  # strata of equal mass among the n heaviest; in each its heaviest node, weighted by the stratum
                 edges = np.linspace(0.0, cum[n - 1], CHECK_MAX + 1)
                 first = np.searchsorted(cum[:n], edges[:-1], side="right")
@@ -236,7 +237,20 @@ class Corrected:
                 last = np.append(first[1:], n)
                 sel = order[first]
                 share = np.array([w[f:l].sum() for f, l in zip(first, last)])
-                share = share / share.sum()
+            # the tail beyond CHECK_MASS: one node per band of TAIL_BAND nats of log density (the one
+            # in the middle of the band's mass), weighted by the band. There the correction comes from
+            # the coarser outer sublattice alone; checked only where the mass is, its error went
+            # unseen: a weak-prior replicate (M = 8, degenerate design) was certified at 0.0020 with
+            # an error of 0.0166 posterior sds, all of it from the correction in that tail
+            if n < i.size:
+                band = np.floor((v[order[0]] - v[order[n:]]) / TAIL_BAND).astype(np.int64)
+                for bnd in np.unique(band):
+                    members = np.nonzero(band == bnd)[0] + n  # positions in ``order``
+                    wb = w[members]
+                    mid = members[int(np.searchsorted(np.cumsum(wb), 0.5 * wb.sum()))]
+                    sel = np.append(sel, order[mid])
+                    share = np.append(share, wb.sum())
+            share = share / share.sum()
             if n_eval[b] + np.isnan(lat.ll[b, i[sel], j[sel]]).sum() > max_nodes:
                 out[b] = "budget"
                 continue
