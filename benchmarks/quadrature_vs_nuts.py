@@ -117,8 +117,8 @@ def timing(a) -> dict:
                          error_estimate_max=float(np.max(fs["error_estimate"])))
         out[name] = entry
         print(f"{name:22s} {entry['seconds_per_fit_median'] * 1e3:9.1f} ms/fit  (first call {first:.1f} s)", flush=True)
-    return {"design": {"N": a.obs, "M": a.inputs, "prior": "strong", "dtype": "float64", "replicates": S}, "quadrature_options": opts,
-            "nuts": nuts, "repeats": a.repeats, "methods": out}
+    return {"design": {"N": a.obs, "M": a.inputs, "prior": "strong", "dtype": "float64", "replicates": S},
+            "quadrature_options": opts, "nuts": nuts, "repeats": a.repeats, "methods": out}
 
 
 def corrected(a) -> dict:

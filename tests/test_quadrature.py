@@ -92,7 +92,8 @@ def strong_gaussian():
 def test_config_validate_names_the_field():
     QuadratureConfig().validate()
     for field, bad in (("tolerance", 0.0), ("dz", -1.0), ("max_nodes", 3), ("num_draws", 0),
-                       ("chain_method", "threads"), ("max_refinements", -1), ("log_density_drop", float("nan"))):
+                       ("chain_method", "threads"), ("max_refinements", -1), ("log_density_drop", float("nan")),
+                       ("likelihood_tolerance", -1e-4), ("likelihood_tolerance", float("inf"))):
         with pytest.raises(ValueError, match=field):
             QuadratureConfig(**{field: bad}).validate()
     with pytest.raises(ValueError, match="unknown"):
