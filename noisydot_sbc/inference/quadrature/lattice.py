@@ -125,7 +125,8 @@ class Lattice:
     def __init__(self, B, h, R, k=None, R_max=None, align=2):
         self.h = h
         self.k = None if k is None else np.asarray(k, np.int64)
-        self.align = int(max(align, 2, 1 if self.k is None or self.k.size == 0 else int(self.k.max())))
+        k_max = int(self.k.max()) if self.k is not None and self.k.size else 1
+        self.align = max(int(align), 2, k_max)
         self.R_max = _round_up(R if R_max is None else R_max, self.align)
         self.R = min(_round_up(R, self.align), self.R_max)
         G = 2 * self.R + 1
@@ -141,9 +142,11 @@ class Lattice:
     def _names(self):
         return ("val", "err") + (("ll", "gl", "lp") if self.k is not None else ())
 
-    def grow(self, pad):
-        """Widen the arrays by ``pad`` nodes on every side (rounded up to ``align``, at most up to
-        ``R_max``); node (i, j) becomes (i + pad, j + pad). Returns whether it grew."""
+    def grow(self, pad=None):
+        """Widen the arrays by ``pad`` nodes on every side (default: half their radius, at least 4;
+        rounded up to ``align``, at most up to ``R_max``); node (i, j) becomes (i + pad, j + pad).
+        Returns whether it grew."""
+        pad = max(4, self.R // 2) if pad is None else pad
         pad = min(_round_up(pad, self.align), self.R_max - self.R)
         if pad <= 0:
             return False
@@ -263,7 +266,7 @@ def walk(evaluate, lat, D, max_nodes, n_eval, first, trim=True):
     capped = np.zeros(B, bool)
     pending = np.zeros(lat.val.shape, bool)
     if first:
-        while (rad2[lat.R, [0, -1]] / 2 < D).any() and lat.grow(max(4, lat.R // 2)):  # the disk inside
+        while (rad2[lat.R, [0, -1]] / 2 < D).any() and lat.grow():  # the disk inside
             rad2, edge = geometry()
         pending = (rad2 / 2 < D)[None] & np.isnan(lat.val)
     while True:
@@ -282,7 +285,7 @@ def walk(evaluate, lat, D, max_nodes, n_eval, first, trim=True):
             top = np.max(np.where(known, lat.val, -np.inf).reshape(B, -1), axis=1)
             inside = known & (lat.val > (top - D)[:, None, None])
             at_edge = (inside & edge).reshape(B, -1).any(1)
-            if not at_edge.any() or not lat.grow(max(4, lat.R // 2)):
+            if not at_edge.any() or not lat.grow():
                 break
             rad2, edge = geometry()
         capped |= at_edge  # the edge of the largest lattice (max_radius)
