@@ -124,6 +124,9 @@ def _finish(logp, err, extra, jac=None):
     return jnp.where(bad, jnp.inf, err)
 
 
+TIER_NEWTON_STEPS = 40   # the robust tiers' own saddlepoint refinement (safeguarded Newton, rolled loop)
+
+
 def tier_names(m):
     """The robust tiers in the order they are tried, for M terms (the last one is not checked)."""
     if m == 1:
@@ -156,7 +159,7 @@ def tier_pass(tier, opts: QuadratureOptions, sx, sw, sy, y, delta, x, w) -> Inve
     # Newton steps can stall, so refine (from constant inputs, so ŝ and K''(ŝ) are constants under
     # differentiation), and trust the pass only if the refined line is on the saddlepoint
     consts = lax.stop_gradient((delta, c2, mu, v, y2))
-    s_hat, k2s = saddlepoint_from_terms(*consts, 4 * opts.n_iter + 16, return_k2=True, rolled=True)
+    s_hat, k2s = saddlepoint_from_terms(*consts, TIER_NEWTON_STEPS, return_k2=True, rolled=True)
     s_hat = lax.stop_gradient(s_hat)
     sd = lax.stop_gradient(jnp.sqrt(k2s))
     on_line = _line_ok(consts[0], s_hat, *consts[1:])
@@ -270,7 +273,7 @@ _exact_jit = jax.jit(_exact, static_argnums=(6,))
 
 
 def noisydot_logpdf_with_error(
-    y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, h=0.6, n_nodes=13, n_iter=6, group=8,
+    y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, h=0.6, n_nodes=13, n_iter=4, group=8,
     fallback_nodes=512, fallback_batch=16, polar_nodes=128, tilted_h=0.05, tilted_range=28.0,
 ):
     """Exact log p(y_n | x_n, w, σ_x, σ_w, σ_y) per observation, with an error estimate.
