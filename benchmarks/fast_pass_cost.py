@@ -9,7 +9,7 @@ the fast pass's own cost plus the host-side blocking. Reported: µs per observat
 
 ``--baseline REV`` also checks out REV (``git worktree``, in a temporary directory) and measures
 it the same way; the two are run in alternating subprocesses (``--rounds`` of each), so drift of
-the machine hits both alike. Both subprocesses import their own package (``PYTHONPATH``); the
+the machine hits both alike. Each subprocess imports its own tree's package (checked); the
 inputs are identical. Writes ``benchmarks/results/fast_pass_cost.json``.
 """
 from __future__ import annotations
@@ -59,12 +59,21 @@ def measure(s: int, k: int, n: int, m: int, repeats: int) -> dict:
             "loglik_checksum": float(np.sum(res.loglik))}
 
 
-def run_child(pythonpath: str, a) -> dict:
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from fast_pass_cost import measure; "
-            f"print(json.dumps(measure({a.replicates}, {a.points}, {a.obs}, {a.inputs}, {a.repeats})))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_child(tree: str, a) -> dict:
+    """measure() in a fresh interpreter that imports noisydot_sbc from ``tree``: that tree first on
+    sys.path, and the editable install's import hook (which would map the name to this checkout
+    whatever sys.path says) taken out of sys.meta_path. Checked: the module's file is under ``tree``."""
+    code = ("import json, sys; "
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            f"sys.path[:0] = [{tree!r}, {str(HERE)!r}]; "
+            "import noisydot_sbc; from fast_pass_cost import measure; "
+            f"r = measure({a.replicates}, {a.points}, {a.obs}, {a.inputs}, {a.repeats}); "
+            "r['package'] = noisydot_sbc.__file__; print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(res["package"]).resolve().is_relative_to(Path(tree).resolve()):
+        raise RuntimeError(f"the subprocess imported {res['package']}, not the tree {tree}")
+    return res
 
 
 def main():
