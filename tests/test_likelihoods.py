@@ -680,6 +680,39 @@ def test_loglik_grid_accept_keeps_fast_pass_values_within_their_error_estimate()
         L.loglik_grid(y, x, w, sx, sw, accept=-1.0)
 
 
+
+def test_loglik_grid_accept_ends_the_tiers_once_a_value_is_within_it(monkeypatch):
+    """With ``accept``, an observation leaves the chain of robust tiers as soon as its best value so
+    far has an error estimate within ``accept`` (the tiers' own target, 1e-9, is not needed): the
+    later tiers see fewer observations (counted on the real tier function), and every value is
+    within its estimate of the full-accuracy one."""
+    from noisydot_sbc.likelihoods import grid as G
+
+    seen = []
+    real = G._grid_tier
+
+    def counting(*args, **kw):
+        seen.append((kw["tier"], args[0].shape[0]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(G, "_grid_tier", counting)
+    rng = np.random.default_rng(12)
+    s, n, m = 2, 40, 8
+    x, w = rng.normal(size=(s, n, m)), rng.normal(size=(s, m))
+    sx = np.array([[0.1, 0.3, 0.5, 1.0], [0.05, 0.2, 0.4, 0.8]])
+    sw = np.array([[0.05, 0.3, 0.6, 1.0], [0.4, 0.1, 1.0, 0.7]])
+    y = np.einsum("snm,sm->sn", x, w) + 0.5 * rng.normal(size=(s, n))
+    calls = {}
+    for accept in (None, 1e-6):
+        seen.clear()
+        calls[accept] = (L.loglik_grid(y, x, w, sx, sw, bucket=16, accept=accept), [t for t, _ in seen])
+    (full, tiers_full), (loose, tiers_loose) = calls[None], calls[1e-6]
+    later = lambda tiers: sum(t != "medium" for t in tiers)   # calls of 16 observations each
+    assert later(tiers_full) >= 4                                  # 93 observations: 6 calls
+    assert later(tiers_loose) < later(tiers_full) // 2             # none
+    assert np.all(np.abs(loose.loglik - full.loglik) <= loose.err + full.err)
+    assert np.all(loose.err <= full.err + n * 1e-6)
+
 def test_loglik_grid_compiles_two_fast_pass_programs_whatever_the_point_count():
     """Phase 1 pads its blocks to one of two sizes: calls with 1..12 points per replicate (3 to 36
     points in all, N = 200 so a full block is 40 points) add at most two compiled programs; a block

@@ -114,8 +114,12 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
     accepts a fast-pass value whose error estimate is at most ``accept``; only the rest goes
     through the robust tiers. For a caller that needs far less accuracy than 1e-9 per observation:
     the quadrature's nodes need ~1e-4 nats in all, and at N = 200, M = 8 the tiers spent about
-    half its likelihood time on observations the fast pass had to within 1e-6. The returned
-    ``err`` is the fast pass's estimate for those, so a caller still sees what it accepted.
+    half its likelihood time on observations the fast pass had to within 1e-6. Likewise an
+    observation leaves the chain of tiers as soon as its best value has an estimate within
+    ``accept`` (at N = 200, M = 8 under the strong prior, 58 of 60 observations per quadrature fit
+    went on from the medium tier to the bent contour, 0.24 ms each, for a tolerance they already
+    met). The returned ``err`` is the estimate of the value kept, so a caller still sees what it
+    accepted.
     """
     as_finite_array("y", y, ndim=2)
     as_finite_array("x", x, ndim=3)
@@ -191,6 +195,8 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
                 jac[p_i[better], n_i[better]] = jac_r[better]
             if i < len(names) - 1:
                 keep = ~((ed < tol["disc"]) & (et < tol["tail"]))
+                if accept is not None:   # the best value so far is within the caller's tolerance
+                    keep &= ~(err[p_i, n_i] <= float(accept))
                 nxt.append((p_i[keep], n_i[keep]))
         if nxt:
             todo_p = np.concatenate([a for a, _ in nxt])
