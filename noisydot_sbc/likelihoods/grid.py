@@ -116,9 +116,9 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
     the quadrature's nodes need ~1e-4 nats in all, and at N = 200, M = 8 the tiers spent about
     half its likelihood time on observations the fast pass had to within 1e-6. Likewise an
     observation leaves the chain of tiers as soon as its best value has an estimate within
-    ``accept`` (at N = 200, M = 8 under the strong prior, 58 of 60 observations per quadrature fit
-    went on from the medium tier to the bent contour, 0.24 ms each, for a tolerance they already
-    met). The returned ``err`` is the estimate of the value kept, so a caller still sees what it
+    ``accept`` (at N = 200, M = 8 under the strong prior, 58.5 observations per quadrature fit went
+    on from the medium tier to the bent contour, 0.24 ms each, most for a tolerance they already
+    met; 1.7 do now). The returned ``err`` is the estimate of the value kept, so a caller still sees what it
     accepted.
     """
     as_finite_array("y", y, ndim=2)
