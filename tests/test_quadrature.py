@@ -439,6 +439,29 @@ def test_gaussian_approximation_from_sufficient_statistics_matches_gaussian_logp
             ref = float(jnp.sum(gaussian_logpdf(data["y"][b], data["x"][b], data["w"][b], sx, sw, y_noise)))
             assert abs(got[b, k] - ref) < 1e-9 * max(1.0, abs(ref))
     assert np.all(err == 0)
+    # more points than one NumPy pass holds: the same values as point by point
+    zz = np.log(np.abs(truth))[:, None, :] + np.random.default_rng(1).normal(0.0, 0.5, (3, 1500, 2))
+    many, _ = ev(np.arange(3), zz)
+    one = np.concatenate([ev(np.arange(3), zz[:, k:k + 1])[0] for k in range(0, 1500, 97)], axis=1)
+    np.testing.assert_allclose(many[:, ::97], one, rtol=1e-14)
+
+
+def test_host_log_prior_matches_the_numpyro_prior_the_seed_differentiates():
+    """prior_lp_fn (ScalePrior.log_density on the host) equals _log_prior_z (the priors' NumPyro
+    distributions, folded, with the Jacobian of z = log|σ|) for every prior family, from z = -8
+    to 4 and out to |z| = 700, where both are finite; and both are -inf together."""
+    from noisydot_sbc.inference.quadrature.evaluate import _log_prior_z, prior_lp_fn
+    from noisydot_sbc.priors import PRIORS
+
+    rng = np.random.default_rng(3)
+    z = np.concatenate([rng.uniform(-8, 4, (500, 2)), rng.uniform(-700, 700, (100, 2)), [[0.0, 0.0], [-700, 700]]])
+    halfnormal = Prior("hn", ScalePrior("halfnormal", 0.0, 0.3), ScalePrior("normal", 0.1, 0.5))
+    for prior in list(PRIORS.values()) + [halfnormal]:
+        got = prior_lp_fn(prior)(z)
+        ref = np.asarray(jax.vmap(lambda v: _log_prior_z(prior, v))(jnp.asarray(z)))
+        assert np.array_equal(np.isfinite(got), np.isfinite(ref)) and not np.isnan(got).any()
+        fin = np.isfinite(ref)
+        assert np.all(np.abs(got[fin] - ref[fin]) <= 1e-13 * np.maximum(1.0, np.abs(ref[fin]))), prior.name
 
 
 def test_walk_dilation_matches_scipy_binary_dilation():
