@@ -658,17 +658,25 @@ def test_loglik_grid_matches_per_point_evaluation(m):
             np.testing.assert_allclose(g.grad[i], ref, rtol=1e-11, atol=1e-10)
 
 
-def test_loglik_grid_accept_keeps_fast_pass_values_within_their_error_estimate():
-    """``accept`` (nats per observation) takes a fast-pass value whose error estimate is below it
-    instead of sending it through the robust tiers: fewer observations go there, the summed error
-    estimate stays at most N·accept above the default one, and each value is within its own
-    (summed) estimate of the full-accuracy value. accept=None is the default; a bad accept is refused."""
+def _accept_case():
+    """Two replicates, N = 40, M = 8, four points each from light to heavy noise (σ_w up to 1): many
+    observations need the robust tiers, some of them the later ones."""
     rng = np.random.default_rng(12)
     s, n, m = 2, 40, 8
     x, w = rng.normal(size=(s, n, m)), rng.normal(size=(s, m))
     sx = np.array([[0.1, 0.3, 0.5, 1.0], [0.05, 0.2, 0.4, 0.8]])
     sw = np.array([[0.05, 0.3, 0.6, 1.0], [0.4, 0.1, 1.0, 0.7]])
     y = np.einsum("snm,sm->sn", x, w) + 0.5 * rng.normal(size=(s, n))
+    return y, x, w, sx, sw
+
+
+def test_loglik_grid_accept_keeps_fast_pass_values_within_their_error_estimate():
+    """``accept`` (nats per observation) takes a fast-pass value whose error estimate is below it
+    instead of sending it through the robust tiers: fewer observations go there, the summed error
+    estimate stays at most N·accept above the default one, and each value is within its own
+    (summed) estimate of the full-accuracy value. accept=None is the default; a bad accept is refused."""
+    y, x, w, sx, sw = _accept_case()
+    n = y.shape[1]
     full = L.loglik_grid(y, x, w, sx, sw, bucket=16)
     loose = L.loglik_grid(y, x, w, sx, sw, bucket=16, accept=1e-6)
     assert full.n_robust.sum() > 20
@@ -678,7 +686,6 @@ def test_loglik_grid_accept_keeps_fast_pass_values_within_their_error_estimate()
     np.testing.assert_array_equal(L.loglik_grid(y, x, w, sx, sw, bucket=16, accept=None).loglik, full.loglik)
     with pytest.raises(ValueError, match="accept"):
         L.loglik_grid(y, x, w, sx, sw, accept=-1.0)
-
 
 
 def test_loglik_grid_accept_ends_the_tiers_once_a_value_is_within_it(monkeypatch):
@@ -696,12 +703,8 @@ def test_loglik_grid_accept_ends_the_tiers_once_a_value_is_within_it(monkeypatch
         return real(*args, **kw)
 
     monkeypatch.setattr(G, "_grid_tier", counting)
-    rng = np.random.default_rng(12)
-    s, n, m = 2, 40, 8
-    x, w = rng.normal(size=(s, n, m)), rng.normal(size=(s, m))
-    sx = np.array([[0.1, 0.3, 0.5, 1.0], [0.05, 0.2, 0.4, 0.8]])
-    sw = np.array([[0.05, 0.3, 0.6, 1.0], [0.4, 0.1, 1.0, 0.7]])
-    y = np.einsum("snm,sm->sn", x, w) + 0.5 * rng.normal(size=(s, n))
+    y, x, w, sx, sw = _accept_case()
+    n = y.shape[1]
     calls = {}
     for accept in (None, 1e-6):
         seen.clear()
