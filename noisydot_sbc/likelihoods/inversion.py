@@ -27,7 +27,6 @@ class InversionResult(NamedTuple):
     err_tail: jax.Array    # (N,) |integrand| at the last node relative to the integrand at v = 0
 
 
-
 # --- fast float64 phase arithmetic for the fast pass -----------------------------------------
 # Hand-written because XLA's CPU backend evaluates float64 cos, sin and atan2 (the complex log's
 # argument) one element at a time: measured on the 2-core Xeon inside a compiled loop, 14-18 ns
