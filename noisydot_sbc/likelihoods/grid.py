@@ -118,8 +118,8 @@ def loglik_grid(y, x, w, x_noise_lvl, w_noise_lvl, y_noise=0.0, *, with_grad=Fal
     observation leaves the chain of tiers as soon as its best value has an estimate within
     ``accept`` (at N = 200, M = 8 under the strong prior, 58.5 observations per quadrature fit went
     on from the medium tier to the bent contour, 0.24 ms each, most for a tolerance they already
-    met; 1.7 do now). The returned ``err`` is the estimate of the value kept, so a caller still sees what it
-    accepted.
+    met; 1.7 do now). The returned ``err`` is the estimate of the value kept, so a caller still
+    sees what it accepted.
     """
     as_finite_array("y", y, ndim=2)
     as_finite_array("x", x, ndim=3)

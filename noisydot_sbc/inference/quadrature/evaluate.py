@@ -87,15 +87,6 @@ def point_loglik(model):
     return f
 
 
-def _bucket(n: int) -> int:
-    """The padded size of a call with n points: 8·4^k ≥ n (few sizes, so few compiled programs;
-    padding costs at most 4x on closed-form evaluations, which are cheap)."""
-    b = 8
-    while b < n:
-        b *= 4
-    return b
-
-
 class Evaluator:
     """Total log-likelihood at many parameter points per replicate, host level.
 
@@ -240,7 +231,7 @@ def seed_fn(fams, total_loglik, steps):
     def newton(z0, pp, y, x, w):
         f = lambda z: lp(z, pp, y, x, w)
 
-        def body(_, z):
+        def body(z):
             val, g = jax.value_and_grad(f)(z)
             h = jax.hessian(f)(z)
             lam, vec = jnp.linalg.eigh(-h)
@@ -258,7 +249,7 @@ def seed_fn(fams, total_loglik, steps):
 
         def step_once(c):
             z, i, _ = c
-            z_new = body(i, z)
+            z_new = body(z)
             return z_new, i + 1, jnp.max(jnp.abs(z_new - z))
 
         # until a step moves z by at most SEED_STEP_TOL (Newton converges quadratically: a handful of
